@@ -1,0 +1,59 @@
+"""The engine protocol: many conversations in, n sampled responses for each out.
+
+Every sampler (the Hugging Face engine here, a remote server later) implements `generate`, so the
+toy model, a 7B model and a server all go through the same rollout code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from rise_llm.errors import RiseError
+from rise_llm.records import Message
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. temperature 0 means greedy decoding."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise RiseError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise RiseError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise RiseError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+    def with_seed(self, seed: int) -> SamplingParams:
+        return replace(self, seed=seed)
+
+
+@dataclass
+class Completion:
+    """One sampled response. finish_reason is "stop" (end of turn or stop string) or "length"."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
+class Engine(Protocol):
+    """Samples assistant turns for conversations."""
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        n: int,
+        params: SamplingParams,
+        desc: str = "generate",
+    ) -> list[list[Completion]]:
+        """For each conversation, `n` sampled responses to its next assistant turn."""
+        ...

@@ -1,0 +1,201 @@
+"""Sampling with Hugging Face transformers, batched.
+
+All conversations and all their samples of one call share batches: prompts are rendered by the
+chat template (`rise_llm.chat`), repeated n times, sorted by length, left-padded and generated
+together with the KV cache. Never one sample at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from rise_llm.chat import check_chat_template, prompt_ids
+from rise_llm.engines.base import Completion, SamplingParams
+from rise_llm.errors import RiseError
+from rise_llm.progress import progress_bar
+from rise_llm.records import Message
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """ "auto" picks CUDA when present, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RiseError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu"
+        )
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """ "auto" is bfloat16 on a GPU that supports it and float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise RiseError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of a local folder or hub id, set up for left-padded batch generation."""
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(model: str, device: str = "auto", dtype: str = "auto"):
+    """Load a causal LM and its tokenizer from a local folder or a Hub id, with clear errors."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).exists()
+    if looks_local and not Path(model).expanduser().exists():
+        raise RiseError(f"model path {model!r} does not exist; give a model folder or a Hub id")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    try:
+        tokenizer = load_tokenizer(str(Path(model).expanduser()) if looks_local else model)
+        lm = AutoModelForCausalLM.from_pretrained(
+            str(Path(model).expanduser()) if looks_local else model, dtype=torch_dtype
+        )
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RiseError(f"could not load model {model!r}: {first}") from None
+    check_chat_template(tokenizer, f"model {model!r}")
+    lm.to(torch_device).eval()
+    return lm, tokenizer
+
+
+class HFEngine:
+    """The engine protocol over a transformers model.
+
+    Args:
+        model, tokenizer: a loaded causal LM and its tokenizer (with a chat template).
+        batch_size: most sequences generated together.
+        max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
+            the KV cache; batches of long prompts are made smaller to fit.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 256, max_batch_tokens: int = 1 << 18):
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise RiseError("batch_size and max_batch_tokens must be at least 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def load(cls, model: str, device: str = "auto", dtype: str = "auto", **kwargs) -> HFEngine:
+        lm, tokenizer = load_model_and_tokenizer(model, device, dtype)
+        return cls(lm, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _batches(self, lengths: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Indices grouped into batches, longest prompts first, within both size caps."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            longest = lengths[current[0]] if current else lengths[i]
+            fits = (len(current) + 1) * (longest + max_new_tokens) <= self.max_batch_tokens
+            if current and (len(current) >= self.batch_size or not fits):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        n: int,
+        params: SamplingParams,
+        desc: str = "generate",
+    ) -> list[list[Completion]]:
+        if n < 1:
+            raise RiseError(f"n must be at least 1, got {n}")
+        prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
+        jobs = [(c, k) for c in range(len(prompts)) for k in range(n)]
+        lengths = [len(prompts[c]) for c, _ in jobs]
+        results: list[list[Completion | None]] = [[None] * n for _ in prompts]
+        config = self._generation_config(params)
+        eos = self._eos_ids()
+        done_tokens, start = 0, time.perf_counter()
+        with progress_bar() as bar:
+            task = bar.add_task(desc, total=len(jobs), rate="")
+            for b, batch in enumerate(self._batches(lengths, params.max_new_tokens)):
+                torch.manual_seed(params.seed * 1_000_003 + b)
+                out = self._generate_batch([prompts[jobs[j][0]] for j in batch], config, params)
+                for j, completion in zip(batch, self._decode(out, eos, params.stop), strict=True):
+                    c, k = jobs[j]
+                    results[c][k] = completion
+                    done_tokens += completion.num_tokens
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=len(batch), rate=f"{done_tokens / elapsed:,.0f} tok/s")
+        return results  # type: ignore[return-value]
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids) if isinstance(ids, list) else ({ids} if ids is not None else set())
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        sample = params.temperature > 0
+        return GenerationConfig(
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self._eos_ids()),
+            stop_strings=list(params.stop) or None,
+        )
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[list[int]], config: GenerationConfig, params: SamplingParams
+    ) -> torch.Tensor:
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            generation_config=config,
+            tokenizer=self.tokenizer if params.stop else None,
+        )
+        return out[:, width:].cpu()
+
+    def _decode(
+        self, new_tokens: torch.Tensor, eos: set[int], stop: tuple[str, ...]
+    ) -> list[Completion]:
+        completions = []
+        for row in new_tokens.tolist():
+            finish, cut = "length", len(row)
+            for i, token in enumerate(row):
+                if token in eos:
+                    finish, cut = "stop", i + 1
+                    break
+            text = self.tokenizer.decode(row[:cut], skip_special_tokens=True)
+            for s in stop:
+                if s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            completions.append(Completion(text=text, num_tokens=cut, finish_reason=finish))
+        return completions

@@ -1,0 +1,170 @@
+"""Multi-turn evaluation of a model on a task (METHOD.md, "Metrics").
+
+On the same problems it runs K turns without oracle, K turns with oracle and K independent
+turn-1 samples, then writes `metrics.json` and `episodes.jsonl` to the output folder and prints
+a table. Each finished mode is appended to `episodes.jsonl` at once, so rerunning the same
+command after a crash or kill redoes only the modes that had not finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.engines.hf import HFEngine
+from rise_llm.errors import RiseError
+from rise_llm.metrics import compute_metrics
+from rise_llm.progress import console
+from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.records import Episode, read_jsonl, write_jsonl
+from rise_llm.report import print_metrics
+from rise_llm.rollout import parallel_episodes, sequential_episodes
+from rise_llm.tasks import get_task
+
+
+@dataclass
+class EvaluateConfig:
+    """Settings of `rise evaluate`.
+
+    Args:
+        model: a local model folder or a Hugging Face Hub id.
+        task / task_options: the task and its options (e.g. {"max_steps": 5} for arith).
+        split / limit: which problems; the first `limit` of the split (all when None).
+        turns: K, the number of turns (and of parallel samples for the baselines).
+        context_window: W, the first prompt plus the last W-1 attempt/feedback pairs are shown;
+            default min(2, K), the reference value for models trained on two-turn data.
+        seed: sampling seed; the same seed and config give the same episodes.
+        temperature / top_p / max_new_tokens: sampling (max_new_tokens: the task's default).
+        device / dtype: "auto" picks CUDA+bfloat16 when available, else CPU+float32.
+        batch_size: most sequences the engine generates together.
+        out: output folder; None keeps results in memory only.
+    """
+
+    model: str
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    split: str = "test"
+    limit: int | None = None
+    turns: int = 5
+    context_window: int | None = None
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 256
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise RiseError(f"turns must be at least 1, got {self.turns}")
+        if self.context_window is None:
+            self.context_window = min(2, self.turns)
+        if not 1 <= self.context_window <= self.turns:
+            raise RiseError(
+                f"context_window must be between 1 and turns ({self.turns}), "
+                f"got {self.context_window}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise RiseError(f"limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise RiseError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class EvaluateResult:
+    metrics: dict[str, Any]
+    episodes: list[Episode]
+
+
+def _expected(mode: str, n: int, turns: int) -> int:
+    return n * turns if mode == "parallel" else n
+
+
+def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
+    """Episodes of the modes a previous run of the same config finished (others are dropped)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
+    previous = read_run_config(out)
+    if previous is not None and previous != settings:
+        changed = sorted(
+            k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
+        )
+        raise RiseError(
+            f"{out} holds an evaluation with different settings ({', '.join(changed)}); "
+            "use another --out or delete the folder"
+        )
+    write_run_record(out, settings)
+    path = out / "episodes.jsonl"
+    if not path.exists():
+        return []
+    episodes = read_jsonl(path, Episode, torn_tail_ok=True)
+    counts = Counter(ep.mode for ep in episodes)
+    kept = [ep for ep in episodes if counts[ep.mode] == _expected(ep.mode, n, config.turns)]
+    write_jsonl(path, kept)
+    return kept
+
+
+def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
+    """Evaluate `config.model` (or the given engine) and return metrics and episodes."""
+    task = get_task(config.task, **config.task_options)
+    problems = task.problems(config.split, config.limit)
+    out = Path(config.out) if config.out else None
+    episodes = _resume(out, config, len(problems)) if out else []
+    done = {ep.mode for ep in episodes}
+    if engine is None:
+        engine = HFEngine.load(
+            config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+        )
+    params = SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens or task.default_max_new_tokens,
+        seed=config.seed,
+    )
+    K, W = config.turns, config.context_window
+    modes = {
+        "no_oracle": lambda: sequential_episodes(
+            engine, task, problems, K, W, params, oracle=False
+        ),
+        "oracle": lambda: sequential_episodes(
+            engine, task, problems, K, W, params.with_seed(config.seed + 1), oracle=True
+        ),
+        "parallel": lambda: parallel_episodes(
+            engine, task, problems, K, params.with_seed(config.seed + 2)
+        ),
+    }
+    if K == 1:
+        del modes["parallel"]  # one turn-1 sample is the no-oracle run itself
+    timings = {}
+    for mode, produce in modes.items():
+        if mode in done:
+            console.print(f"{mode}: already done in {out}, kept")
+            continue
+        start = time.perf_counter()
+        new = produce()
+        timings[mode] = round(time.perf_counter() - start, 2)
+        episodes.extend(new)
+        if out:
+            write_jsonl(out / "episodes.jsonl", new, append=True)
+    metrics = compute_metrics(episodes, K)
+    metrics["context_window"] = W
+    metrics["seconds"] = timings
+    if out:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return EvaluateResult(metrics=metrics, episodes=episodes)
+
+
+def evaluate_and_print(config: EvaluateConfig) -> EvaluateResult:
+    """`run`, then print the metrics table (the command line's behaviour)."""
+    result = run(config)
+    print_metrics({config.model: result.metrics})
+    if config.out:
+        console.print(f"wrote {Path(config.out) / 'metrics.json'} and episodes.jsonl")
+    return result

@@ -1,0 +1,158 @@
+"""Typed records passed between pipeline stages, and their JSON Lines storage.
+
+Every stored line carries `schema_version` so that files written by one release can be checked
+when read by another. Readers name the file and line of any malformed record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rise_llm.errors import RiseError
+
+SCHEMA_VERSION = 1
+
+Message = dict[str, str]
+"""A chat message: {"role": "system" | "user" | "assistant", "content": str}."""
+
+
+@dataclass
+class Problem:
+    """One single-turn problem: the question and its ground-truth final answer."""
+
+    id: str
+    question: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """What a verifier says of one response: the extracted answer and the reward.
+
+    Reward follows METHOD.md: 1 correct, 0 wrong, -1 when no final answer can be extracted.
+    `answer` is the canonical form of the extracted answer (None when there is none), so two
+    responses with the same canonical answer vote for the same thing in a majority.
+    """
+
+    answer: str | None
+    reward: int
+
+    @property
+    def correct(self) -> bool:
+        return self.reward == 1
+
+
+@dataclass
+class Turn:
+    """One attempt: the messages the model saw, what it wrote, and the verifier's verdict."""
+
+    index: int
+    messages: list[Message]
+    response: str
+    answer: str | None
+    reward: int
+    num_tokens: int = 0
+    finish_reason: str = "stop"
+
+    @property
+    def correct(self) -> bool:
+        return self.reward == 1
+
+
+@dataclass
+class Episode:
+    """The attempts at one problem in one mode.
+
+    mode is "no_oracle" (K turns, retry message after every turn), "oracle" (stops at the first
+    correct turn) or "parallel" (one independent turn-1 sample; `sample` numbers them).
+    """
+
+    problem_id: str
+    mode: str
+    turns: list[Turn]
+    sample: int = 0
+
+    @property
+    def solved(self) -> bool:
+        return any(t.correct for t in self.turns)
+
+
+R = TypeVar("R", Problem, Turn, Episode, Verdict)
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A record as a JSON-ready dict, tagged with the schema version."""
+    return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(record)}
+
+
+def from_json(cls: type[R], data: dict[str, Any], where: str = "record") -> R:
+    """Build a record of type `cls` from a dict, with an error naming `where` if it does not fit."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise RiseError(
+            f"{where}: schema_version {version} is not supported (this release reads "
+            f"{SCHEMA_VERSION}); regenerate the file with this version of rise-llm"
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - data.keys())
+    if missing:
+        raise RiseError(f"{where}: missing field(s) {', '.join(missing)} for a {cls.__name__}")
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if cls is Episode:
+        kwargs["turns"] = [from_json(Turn, t, where) for t in kwargs["turns"]]
+    return cls(**kwargs)
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) -> None:
+    """Write records as JSON Lines; flushed and fsynced so a kill cannot leave half a batch."""
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(to_json(record), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_jsonl(
+    path: str | Path, torn_tail_ok: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-empty line; a malformed line names file:line.
+
+    With `torn_tail_ok`, a last line with no newline that does not parse (a write cut short by
+    a kill) is skipped instead of raising, so a resumed run can keep everything before it.
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if torn_tail_ok and not line.endswith("\n"):
+                    return
+                raise RiseError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or delete the line"
+                ) from None
+            if not isinstance(obj, dict):
+                raise RiseError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+            yield lineno, obj
+
+
+def read_jsonl(path: str | Path, cls: type[R], torn_tail_ok: bool = False) -> list[R]:
+    """Read a JSON Lines file of records of type `cls` (see `iter_jsonl` for `torn_tail_ok`)."""
+    return [
+        from_json(cls, obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path, torn_tail_ok)
+    ]

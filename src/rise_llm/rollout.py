@@ -1,0 +1,89 @@
+"""Multi-turn episodes: attempt, verifier reward, feedback, next attempt (METHOD.md, "Episode").
+
+Turn t of every still-running episode is one batched engine call. In oracle mode an episode
+stops at its first correct attempt; without the oracle it always runs all turns and gets the same
+retry message whatever the truth (rewards are only recorded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.records import Episode, Message, Problem, Turn
+from rise_llm.tasks.base import Task
+
+MODES = ("no_oracle", "oracle", "parallel")
+
+
+def context(task: Task, problem: Problem, turns: Sequence[Turn], window: int) -> list[Message]:
+    """The messages the model sees before its next attempt.
+
+    The first prompt plus only the most recent `window - 1` attempt/feedback pairs (METHOD.md:
+    a model never sees a longer history than it was trained on). window=1 shows no history.
+    """
+    messages = task.prompt.first_messages(problem)
+    kept = turns[len(turns) - (window - 1) :] if window > 1 else []
+    for turn in kept:
+        messages.append({"role": "assistant", "content": turn.response})
+        messages.append(task.prompt.retry_message(problem))
+    return messages
+
+
+def sequential_episodes(
+    engine: Engine,
+    task: Task,
+    problems: Sequence[Problem],
+    turns: int,
+    window: int,
+    params: SamplingParams,
+    oracle: bool,
+) -> list[Episode]:
+    """Run up to `turns` sequential attempts per problem; turn t of all episodes is one batch."""
+    mode = "oracle" if oracle else "no_oracle"
+    episodes = [Episode(problem_id=p.id, mode=mode, turns=[]) for p in problems]
+    for t in range(1, turns + 1):
+        active = [i for i, ep in enumerate(episodes) if not (oracle and ep.solved)]
+        if not active:
+            break
+        convs = [context(task, problems[i], episodes[i].turns, window) for i in active]
+        outs = engine.generate(
+            convs, n=1, params=params.with_seed(params.seed + 7919 * t), desc=f"{mode} turn {t}"
+        )
+        for i, messages, (completion,) in zip(active, convs, outs, strict=True):
+            verdict = task.verify(problems[i], completion.text)
+            episodes[i].turns.append(
+                Turn(
+                    index=t,
+                    messages=messages,
+                    response=completion.text,
+                    answer=verdict.answer,
+                    reward=verdict.reward,
+                    num_tokens=completion.num_tokens,
+                    finish_reason=completion.finish_reason,
+                )
+            )
+    return episodes
+
+
+def parallel_episodes(
+    engine: Engine, task: Task, problems: Sequence[Problem], samples: int, params: SamplingParams
+) -> list[Episode]:
+    """`samples` independent turn-1 attempts per problem, as one batched call (the baselines)."""
+    convs = [task.prompt.first_messages(p) for p in problems]
+    outs = engine.generate(convs, n=samples, params=params, desc="parallel turn 1")
+    episodes = []
+    for problem, messages, completions in zip(problems, convs, outs, strict=True):
+        for k, completion in enumerate(completions):
+            verdict = task.verify(problem, completion.text)
+            turn = Turn(
+                index=1,
+                messages=messages,
+                response=completion.text,
+                answer=verdict.answer,
+                reward=verdict.reward,
+                num_tokens=completion.num_tokens,
+                finish_reason=completion.finish_reason,
+            )
+            episodes.append(Episode(problem_id=problem.id, mode="parallel", turns=[turn], sample=k))
+    return episodes

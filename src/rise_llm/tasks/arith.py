@@ -1,0 +1,163 @@
+"""The embedded synthetic task `arith`: multi-step integer arithmetic, generated from a seed.
+
+A problem is a chain of operations evaluated left to right, e.g. `What is 12 + 7 - 5 + 9?`,
+solved one step per line and ending in `\\boxed{23}`. It needs no download, so the demo and the
+tests run anywhere, and its difficulty is set by two knobs: the operand range and the number of
+steps. Splits are a partition of the problem space by a hash of the problem text, so train and
+test never share a problem whatever the seed or size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from rise_llm.answers import canonical_number, last_boxed, parse_number
+from rise_llm.errors import RiseError
+from rise_llm.records import Problem, Verdict
+from rise_llm.tasks.base import PromptFormat
+
+SPLITS = ("train", "test")
+_TEST_BUCKETS = 2  # of 10 hash buckets: 20% of the problem space is test, the rest train
+
+
+def split_of(question: str) -> str:
+    """The split a problem belongs to, decided by its text alone."""
+    bucket = int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10
+    return "test" if bucket < _TEST_BUCKETS else "train"
+
+
+def apply(value: int, op: str, operand: int) -> int:
+    if op == "+":
+        return value + operand
+    if op == "-":
+        return value - operand
+    if op == "*":
+        return value * operand
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def render_expression(start: int, steps: list[tuple[str, int]]) -> str:
+    """The expression text; a product after a sum is parenthesised so left-to-right is standard."""
+    expr = str(start)
+    for op, operand in steps:
+        if op == "*" and ("+" in expr or "-" in expr):
+            expr = f"({expr})"
+        expr = f"{expr} {op} {operand}"
+    return expr
+
+
+def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
+    """One line per step, `a op b = c`, evaluated left to right."""
+    lines, value = [], start
+    for op, operand in steps:
+        result = apply(value, op, operand)
+        lines.append(f"{value} {op} {operand} = {result}")
+        value = result
+    return lines
+
+
+def format_solution(lines: list[str], answer: int | str) -> str:
+    return "\n".join([*lines, f"Answer: \\boxed{{{answer}}}"])
+
+
+@dataclass
+class ArithTask:
+    """Multi-step arithmetic with a seed and difficulty knobs.
+
+    Args:
+        min_steps / max_steps: number of operations in a problem (inclusive range).
+        max_operand: operands are drawn from 1..max_operand.
+        ops: which operations may appear, any of "+-*".
+        max_multiplier: operands of `*` are drawn from 2..max_multiplier.
+        allow_negative: when False, a subtraction never takes the running value below zero.
+        seed: which problems are drawn (splits stay disjoint for every seed).
+    """
+
+    min_steps: int = 2
+    max_steps: int = 4
+    max_operand: int = 30
+    ops: str = "+-"
+    max_multiplier: int = 5
+    allow_negative: bool = False
+    seed: int = 0
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    name: str = "arith"
+    default_max_new_tokens: int = 160
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise RiseError(
+                f"arith: need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}"
+            )
+        if self.max_operand < 2:
+            raise RiseError(f"arith: max_operand must be at least 2, got {self.max_operand}")
+        if not self.ops or set(self.ops) - set("+-*"):
+            raise RiseError(f"arith: ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        if self.ops == "-" and not self.allow_negative:
+            raise RiseError("arith: ops='-' alone needs allow_negative=True (values would go below 0)")
+        if "*" in self.ops and self.max_multiplier < 2:
+            raise RiseError(f"arith: max_multiplier must be at least 2, got {self.max_multiplier}")
+
+    def sample(self, rng: random.Random) -> Problem:
+        """Draw one problem (of either split)."""
+        n_steps = rng.randint(self.min_steps, self.max_steps)
+        start = rng.randint(1, self.max_operand)
+        value, steps = start, []
+        for _ in range(n_steps):
+            op = rng.choice(self.ops)
+            if op == "-" and not self.allow_negative and value < 1:
+                op = rng.choice(self.ops.replace("-", ""))  # non-empty: checked in __post_init__
+            if op == "*":
+                operand = rng.randint(2, self.max_multiplier)
+            elif op == "-" and not self.allow_negative:
+                operand = rng.randint(1, max(1, min(self.max_operand, value)))
+            else:
+                operand = rng.randint(1, self.max_operand)
+            steps.append((op, operand))
+            value = apply(value, op, operand)
+        question = f"What is {render_expression(start, steps)}?"
+        digest = hashlib.sha256(question.encode()).hexdigest()[:12]
+        return Problem(
+            id=f"arith-{digest}",
+            question=question,
+            answer=str(value),
+            meta={"start": start, "steps": [list(s) for s in steps]},
+        )
+
+    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
+        """`limit` distinct problems of `split` (default 1000), always the same for a seed."""
+        if split not in SPLITS:
+            raise RiseError(f"arith: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        want = 1000 if limit is None else limit
+        rng = random.Random(f"arith/{self.seed}/{split}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        tries = 0
+        while len(out) < want:
+            tries += 1
+            if tries > 50 * want + 1000:
+                raise RiseError(
+                    f"arith: could only draw {len(out)} distinct {split} problems of the {want} "
+                    "asked; raise max_operand or max_steps, or ask for fewer"
+                )
+            problem = self.sample(rng)
+            if problem.question in seen or split_of(problem.question) != split:
+                continue
+            seen.add(problem.question)
+            out.append(problem)
+        return out
+
+    def solution(self, problem: Problem) -> str:
+        """The correct step-by-step solution, as the toy model is taught to write it."""
+        steps = [(op, int(v)) for op, v in problem.meta["steps"]]
+        return format_solution(solution_lines(problem.meta["start"], steps), problem.answer)
+
+    def verify(self, problem: Problem, response: str) -> Verdict:
+        boxed = last_boxed(response)
+        value = parse_number(boxed) if boxed is not None else None
+        if value is None:
+            return Verdict(answer=None, reward=-1)
+        answer = canonical_number(value)
+        return Verdict(answer=answer, reward=1 if answer == problem.answer else 0)

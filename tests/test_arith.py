@@ -1,0 +1,232 @@
+"""Tests of the embedded `arith` task: seeded problems, disjoint splits, knobs, the verifier."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rise_llm.errors import RiseError
+from rise_llm.records import Problem, Verdict
+from rise_llm.tasks import get_task
+from rise_llm.tasks.arith import ArithTask, render_expression, split_of
+
+
+def expression(problem: Problem) -> str:
+    assert problem.question.startswith("What is ") and problem.question.endswith("?")
+    return problem.question.removeprefix("What is ").removesuffix("?")
+
+
+def running_values(problem: Problem) -> list[int]:
+    """The start and every intermediate value, evaluated left to right from `meta`."""
+    value = problem.meta["start"]
+    values = [value]
+    for op, operand in problem.meta["steps"]:
+        value = {"+": value + operand, "-": value - operand, "*": value * operand}[op]
+        values.append(value)
+    return values
+
+
+def test_same_seed_same_problems_and_different_seed_different_problems() -> None:
+    first = ArithTask(seed=0).problems("train", 50)
+    again = ArithTask(seed=0).problems("train", 50)
+    other = ArithTask(seed=1).problems("train", 50)
+    assert first == again
+    assert [p.question for p in first] != [p.question for p in other]
+    # a smaller limit is a prefix of a larger one
+    assert ArithTask(seed=0).problems("train", 10) == first[:10]
+
+
+def test_default_limit_is_1000_distinct_problems() -> None:
+    problems = ArithTask().problems("test")
+    assert len(problems) == 1000
+    assert len({p.question for p in problems}) == 1000
+    assert len({p.id for p in problems}) == 1000
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_train_and_test_never_share_a_question(seed: int) -> None:
+    task = ArithTask(seed=seed)
+    train = task.problems("train", 2000)
+    test = task.problems("test", 2000)
+    train_q = {p.question for p in train}
+    test_q = {p.question for p in test}
+    assert len(train_q) == 2000 and len(test_q) == 2000
+    assert train_q.isdisjoint(test_q)
+    assert {split_of(q) for q in train_q} == {"train"}
+    assert {split_of(q) for q in test_q} == {"test"}
+    # the split is a property of the text, so another seed's test set cannot leak into train
+    other_test = {p.question for p in ArithTask(seed=seed + 1).problems("test", 500)}
+    assert train_q.isdisjoint(other_test)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{}, {"ops": "+-*"}, {"allow_negative": True}, {"min_steps": 1, "max_steps": 6}],
+)
+def test_answer_is_left_to_right_value_and_solution_verifies(knobs: dict) -> None:
+    task = ArithTask(**knobs)
+    for problem in task.problems("train", 200):
+        assert problem.answer == str(running_values(problem)[-1])
+        solution = task.solution(problem)
+        assert solution.splitlines()[-1] == f"Answer: \\boxed{{{problem.answer}}}"
+        assert len(solution.splitlines()) == len(problem.meta["steps"]) + 1
+        assert task.verify(problem, solution) == Verdict(answer=problem.answer, reward=1)
+
+
+def test_solution_text_of_a_hand_made_problem() -> None:
+    task = ArithTask()
+    problem = Problem(
+        id="p",
+        question="What is 12 + 7 - 5?",
+        answer="14",
+        meta={"start": 12, "steps": [["+", 7], ["-", 5]]},
+    )
+    assert task.solution(problem) == "12 + 7 = 19\n19 - 5 = 14\nAnswer: \\boxed{14}"
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "reward"),
+    [
+        (r"12 + 7 = 19, 19 - 5 = 14. \boxed{14}", "14", 1),
+        (r"\boxed{13}", "13", 0),
+        (r"I think \boxed{14}, no: \boxed{15}", "15", 0),
+        (r"\boxed{15} no wait \boxed{14}", "14", 1),
+        (r"\boxed{14.0}", "14", 1),
+        (r"\boxed{\$14}", "14", 1),
+        (r"\boxed{-14}", "-14", 0),
+        ("The answer is 14.", None, -1),
+        (r"\boxed{}", None, -1),
+        (r"\boxed{fourteen}", None, -1),
+        (r"\boxed{14", None, -1),
+    ],
+)
+def test_verify_rewards(response: str, answer: str | None, reward: int) -> None:
+    problem = Problem(id="p", question="What is 12 + 7 - 5?", answer="14")
+    assert ArithTask().verify(problem, response) == Verdict(answer=answer, reward=reward)
+
+
+def test_verify_canonicalises_the_boxed_number() -> None:
+    problem = Problem(id="p", question="What is 1000 + 24?", answer="1024")
+    verdict = ArithTask().verify(problem, r"so \boxed{ 1,024 }")
+    assert verdict == Verdict(answer="1024", reward=1)
+    assert verdict.correct
+
+
+def test_operand_range_step_count_and_ops_are_respected() -> None:
+    task = ArithTask(min_steps=3, max_steps=5, max_operand=6, ops="+*", max_multiplier=3)
+    problems = task.problems("train", 300)
+    assert {len(p.meta["steps"]) for p in problems} == {3, 4, 5}
+    assert {p.meta["start"] for p in problems} <= set(range(1, 7))
+    seen_ops = set()
+    for p in problems:
+        for op, operand in p.meta["steps"]:
+            seen_ops.add(op)
+            if op == "*":
+                assert 2 <= operand <= 3
+            else:
+                assert 1 <= operand <= 6
+    assert seen_ops == {"+", "*"}
+
+
+def test_fixed_step_count_and_single_op() -> None:
+    problems = ArithTask(min_steps=2, max_steps=2, ops="+").problems("test", 100)
+    assert all(len(p.meta["steps"]) == 2 for p in problems)
+    assert all(op == "+" for p in problems for op, _ in p.meta["steps"])
+    assert all(expression(p).count("+") == 2 for p in problems)
+
+
+@pytest.mark.parametrize("ops", ["+-", "-+", "+-*"])
+def test_no_negative_running_values_by_default(ops: str) -> None:
+    problems = ArithTask(ops=ops, min_steps=4, max_steps=6, max_operand=20).problems("train", 500)
+    assert all(min(running_values(p)) >= 0 for p in problems)
+    assert any(op == "-" for p in problems for op, _ in p.meta["steps"])
+
+
+def test_no_negative_running_values_without_plus() -> None:
+    problems = ArithTask(ops="-*", min_steps=4, max_steps=6).problems("train", 200)
+    assert all(min(running_values(p)) >= 0 for p in problems)
+
+
+def test_subtraction_alone_needs_negatives() -> None:
+    with pytest.raises(RiseError, match="allow_negative"):
+        ArithTask(ops="-")
+    assert ArithTask(ops="-", allow_negative=True).problems("train", 10)
+
+
+def test_allow_negative_gives_some_negative_answers() -> None:
+    problems = ArithTask(allow_negative=True, min_steps=4, max_steps=6).problems("train", 300)
+    assert any(int(p.answer) < 0 for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("start", "steps", "text"),
+    [
+        (3, [("+", 4), ("*", 2)], "(3 + 4) * 2"),
+        (3, [("-", 1), ("*", 2)], "(3 - 1) * 2"),
+        (3, [("*", 2), ("+", 4)], "3 * 2 + 4"),
+        (3, [("*", 2), ("*", 5)], "3 * 2 * 5"),
+        (3, [("+", 4), ("*", 2), ("-", 1), ("*", 3)], "((3 + 4) * 2 - 1) * 3"),
+        (3, [("+", 4), ("-", 2)], "3 + 4 - 2"),
+    ],
+)
+def test_render_expression(start: int, steps: list[tuple[str, int]], text: str) -> None:
+    assert render_expression(start, steps) == text
+
+
+def test_question_text_has_the_answer_under_standard_precedence() -> None:
+    problems = ArithTask(ops="+*", min_steps=2, max_steps=5).problems("train", 300)
+    assert any("(" in expression(p) for p in problems)
+    for p in problems:
+        text = expression(p)
+        assert re.fullmatch(r"[0-9+\-* ()]+", text)
+        assert eval(text) == int(p.answer), p.question  # safe: digits, operators and parentheses
+
+
+@pytest.mark.parametrize(
+    ("knobs", "knob"),
+    [
+        ({"min_steps": 0}, "min_steps"),
+        ({"min_steps": 5, "max_steps": 3}, "max_steps"),
+        ({"max_operand": 1}, "max_operand"),
+        ({"ops": ""}, "ops"),
+        ({"ops": "+/"}, "ops"),
+        ({"ops": "*", "max_multiplier": 1}, "max_multiplier"),
+    ],
+)
+def test_bad_knobs_raise_an_error_naming_the_knob(knobs: dict, knob: str) -> None:
+    with pytest.raises(RiseError, match=knob):
+        ArithTask(**knobs)
+
+
+def test_max_multiplier_is_not_checked_without_multiplication() -> None:
+    assert ArithTask(ops="+-", max_multiplier=1).max_multiplier == 1
+
+
+def test_more_problems_than_the_space_holds_raises() -> None:
+    # "What is a + b?" with a, b in {1, 2}: only 4 questions in all, split between train and test
+    task = ArithTask(min_steps=1, max_steps=1, max_operand=2, ops="+")
+    with pytest.raises(RiseError, match=r"could only draw \d+ distinct train problems of the 10"):
+        task.problems("train", 10)
+
+
+def test_unknown_split_raises() -> None:
+    with pytest.raises(RiseError, match="'dev'"):
+        ArithTask().problems("dev", 5)
+
+
+def test_get_task_builds_arith_with_options() -> None:
+    task = get_task("arith", max_steps=5, seed=3)
+    assert isinstance(task, ArithTask)
+    assert (task.max_steps, task.seed, task.name) == (5, 3, "arith")
+
+
+def test_get_task_unknown_name_raises_naming_it() -> None:
+    with pytest.raises(RiseError, match=r"unknown task 'nope'.*arith"):
+        get_task("nope")
+
+
+def test_get_task_unknown_option_raises_naming_it() -> None:
+    with pytest.raises(RiseError, match=r"'arith' has no option\(s\) bogus") as info:
+        get_task("arith", bogus=1)
+    assert "max_steps" in str(info.value)  # the message lists the real options

@@ -1,0 +1,87 @@
+"""The `rise` command line: one-line errors for bad input, and the real end-to-end path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rise_llm.cli import main
+from rise_llm.metrics import compute_metrics
+from rise_llm.records import Episode, read_jsonl
+
+RISE = [str(Path(sys.executable).parent / "rise")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["evaluate", "--model", "{model}", "--task", "nope"], "unknown task 'nope'"),
+        (["evaluate", "--model", "./missing/model"], "model path './missing/model' does not exist"),
+        (["evaluate", "--model", "{model}", "--turns", "0"], "turns must be at least 1"),
+        (
+            ["evaluate", "--model", "{model}", "--turns", "2", "--context-window", "3"],
+            "context_window must be between 1 and turns (2)",
+        ),
+        (["evaluate", "--model", "{model}", "--limit", "ten"], "--limit: expected a whole number"),
+        (["evaluate", "--model", "{model}", "--limit", "0"], "limit must be at least 1"),
+        (["evaluate", "--model", "{model}", "--split", "dev"], "unknown split 'dev'"),
+        (["evaluate", "--model", "{model}", "--task-option", "bogus=1"], "no option(s) bogus"),
+        (["toy-model", "--out", "{tmp}/t", "--hidden", "30", "--heads", "4"], "divisible by heads"),
+    ],
+)
+def test_bad_input_is_one_line_not_a_traceback(argv, expected, tiny_model_dir, tmp_path, capsys):
+    argv = [a.format(model=tiny_model_dir, tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "evaluate" else argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
+    model, run = tmp_path / "toy", tmp_path / "eval"
+    build = [*RISE, "toy-model", "--out", str(model), "--steps", "30", "--layers", "2"]
+    build += ["--hidden", "32", "--heads", "2", "--batch-size", "8", "--eval-problems", "8"]
+    subprocess.run(build, check=True, capture_output=True, text=True)
+    assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
+
+    evaluate = [*RISE, "evaluate", "--model", str(model), "--turns", "3", "--limit", "12"]
+    evaluate += ["--out", str(run), "--max-new-tokens", "24"]
+    first = subprocess.run(evaluate, check=True, capture_output=True, text=True)
+    assert "acc@3" in first.stdout and "p1@t3" in first.stdout  # the printed table
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("acc@1", "acc@2", "acc@3", "m1@t3", "p1@t3", "m3@t1", "p3@t1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["n"] == 12
+    assert sum(metrics["transitions"]["1->2"].values()) == 12
+    episodes = read_jsonl(run / "episodes.jsonl", Episode)
+    by_mode = {m: [e for e in episodes if e.mode == m] for m in ("no_oracle", "oracle", "parallel")}
+    assert [len(v) for v in by_mode.values()] == [12, 12, 36]
+    assert all(len(e.turns) == 3 for e in by_mode["no_oracle"])
+    for e in by_mode["oracle"]:  # stops at the first correct attempt, never later
+        assert all(not t.correct for t in e.turns[:-1])
+        assert len(e.turns) == 3 or e.turns[-1].correct
+    assert compute_metrics(episodes, 3)["m1@t3"] == metrics["m1@t3"]
+
+    # rerunning the same command redoes nothing and gives the same metrics
+    again = subprocess.run(evaluate, check=True, capture_output=True, text=True)
+    assert again.stderr.count("already done") == 3
+    assert json.loads((run / "metrics.json").read_text())["p1@t3"] == metrics["p1@t3"]
+
+    # a run killed after the first mode resumes the missing modes without duplicates
+    lines = (run / "episodes.jsonl").read_text().splitlines(keepends=True)
+    (run / "episodes.jsonl").write_text("".join(lines[:12]) + lines[12][:40])  # torn last line
+    resumed_run = subprocess.run(evaluate, check=True, capture_output=True, text=True)
+    assert "no_oracle: already done" in resumed_run.stderr
+    assert "oracle: already done" not in resumed_run.stderr.replace("no_oracle", "")
+    resumed = read_jsonl(run / "episodes.jsonl", Episode)
+    keys = [(e.mode, e.problem_id, e.sample) for e in resumed]
+    assert len(keys) == len(set(keys)) == 60

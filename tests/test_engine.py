@@ -1,0 +1,75 @@
+"""The Hugging Face engine: batching, padding, seeds and limits, on a tiny model built here."""
+
+from __future__ import annotations
+
+import pytest
+
+from rise_llm.engines.base import SamplingParams
+from rise_llm.engines.hf import HFEngine
+from rise_llm.errors import RiseError
+
+CONVS = [
+    [{"role": "user", "content": "What is 1 + 2?"}],
+    [{"role": "user", "content": "What is 12 + 7 - 5 + 9 - 3?"}],
+    [
+        {"role": "user", "content": "What is 3 + 3?"},
+        {"role": "assistant", "content": "3 + 3 = 7\nAnswer: \\boxed{7}"},
+        {"role": "user", "content": "Try again: What is 3 + 3?"},
+    ],
+]
+
+
+def test_n_samples_per_conversation_in_order(tiny_engine):
+    params = SamplingParams(max_new_tokens=12, seed=1)
+    out = tiny_engine.generate(CONVS, n=3, params=params)
+    assert [len(samples) for samples in out] == [3, 3, 3]
+    for samples in out:
+        for c in samples:
+            assert 1 <= c.num_tokens <= 12
+            assert c.finish_reason in ("stop", "length")
+            assert c.finish_reason == "stop" or c.num_tokens == 12
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_engine):
+    """Left padding and the KV cache must not change what a prompt generates."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    together = tiny_engine.generate(CONVS, n=1, params=params)
+    alone = [tiny_engine.generate([c], n=1, params=params)[0] for c in CONVS]
+    assert [s[0].text for s in together] == [s[0].text for s in alone]
+
+
+def test_same_seed_same_samples_other_seed_differs(tiny_engine):
+    a = tiny_engine.generate(CONVS, n=4, params=SamplingParams(max_new_tokens=16, seed=3))
+    b = tiny_engine.generate(CONVS, n=4, params=SamplingParams(max_new_tokens=16, seed=3))
+    c = tiny_engine.generate(CONVS, n=4, params=SamplingParams(max_new_tokens=16, seed=4))
+    texts = lambda out: [s.text for samples in out for s in samples]  # noqa: E731
+    assert texts(a) == texts(b)
+    assert texts(a) != texts(c)
+
+
+def test_stop_strings_cut_the_text(tiny_engine):
+    out = tiny_engine.generate(CONVS, n=2, params=SamplingParams(max_new_tokens=24, stop=(" ",)))
+    for samples in out:
+        for c in samples:
+            assert " " not in c.text
+
+
+def test_batches_respect_both_caps(tiny_engine):
+    engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=3, max_batch_tokens=100)
+    lengths = [10, 40, 5, 30, 20, 25, 15]
+    batches = engine._batches(lengths, max_new_tokens=10)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 10) <= 100
+    # longest first, so similar lengths share a batch
+    assert batches[0][0] == 1
+
+
+def test_bad_requests_are_rejected(tiny_engine):
+    with pytest.raises(RiseError, match="n must be at least 1"):
+        tiny_engine.generate(CONVS, n=0, params=SamplingParams())
+    with pytest.raises(RiseError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(RiseError, match="does not exist"):
+        HFEngine.load("./no/such/model")

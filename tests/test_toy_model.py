@@ -1,0 +1,105 @@
+"""The toy model: standard HF folder, the SFT recipe's promises, and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from rise_llm import toy_model
+from rise_llm.chat import render
+from rise_llm.tasks.arith import ArithTask
+from rise_llm.toy_model import (
+    ToyModelConfig,
+    build,
+    build_tokenizer,
+    sft_conversation,
+    wrong_solution,
+)
+
+
+def test_folder_loads_with_the_auto_classes(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert isinstance(model, LlamaForCausalLM)
+    assert tokenizer.chat_template
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|user|>What is 2 + 3?<|end|><|assistant|>"
+    record = json.loads((tiny_model_dir / "toy_model.json").read_text())
+    assert 0.0 <= record["single_turn_accuracy"] <= 1.0
+    assert record["versions"]["transformers"]
+    assert not (tiny_model_dir / "checkpoint.pt").exists()
+
+
+def test_tokenizer_round_trips_text():
+    tok = build_tokenizer()
+    text = "What is 12 + 7?\n12 + 7 = 19\nAnswer: \\boxed{19} Here's {x}!"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_sft_conversations_never_retry_the_same_problem():
+    task = ArithTask()
+    pool = task.problems("train", 200)
+    rng = random.Random(0)
+    for _ in range(200):
+        messages, trained = sft_conversation(task, pool, rng.randint(1, 3), 0.5, rng)
+        questions = [m["content"].rsplit("question: ", 1)[-1] for m in messages[::2]]
+        assert len(set(questions)) == len(questions)  # every user turn is another problem
+        assert messages[-1]["role"] == "assistant" and len(messages) - 1 in trained
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            problem = next(p for p in pool if p.question == questions[i // 2])
+            # trained turns are exactly the correct solutions; wrong ones are context only
+            assert (i in trained) == task.verify(problem, m["content"]).correct
+        for retry in messages[2::2]:  # the retry message restates a question, as the reference's
+            assert retry["content"].startswith("The answer is incorrect. Please try again.")
+
+
+def test_wrong_solutions_are_wrong_and_well_formed():
+    task = ArithTask()
+    rng = random.Random(1)
+    for problem in task.problems("train", 100):
+        verdict = task.verify(problem, wrong_solution(problem, rng))
+        assert verdict.reward == 0 and verdict.answer is not None
+
+
+def test_killed_build_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    settings = dict(layers=1, hidden=16, heads=2, steps=6, batch_size=2, eval_problems=2)
+    build(ToyModelConfig(out=str(tmp_path / "straight"), **settings, checkpoint_every=100))
+
+    real_make_batch = toy_model.make_batch
+
+    def killed_at_step_4(config, task, pool, tokenizer, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_make_batch(config, task, pool, tokenizer, step)
+
+    resumed = tmp_path / "resumed"
+    config = ToyModelConfig(out=str(resumed), **settings, checkpoint_every=3)
+    monkeypatch.setattr(toy_model, "make_batch", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        build(config)
+    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(toy_model, "make_batch", real_make_batch)
+    build(config)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_rendered_conversation_matches_the_template():
+    tok = build_tokenizer()
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+    ]
+    assert render(tok, messages) == "<|system|>S<|end|><|user|>Q<|end|><|assistant|>A<|end|>"
