@@ -164,7 +164,7 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
 def evaluate_and_print(config: EvaluateConfig) -> EvaluateResult:
     """`run`, then print the metrics table (the command line's behaviour)."""
     result = run(config)
-    print_metrics({config.model: result.metrics})
+    print_metrics({Path(config.model).name or config.model: result.metrics})
     if config.out:
         console.print(f"wrote {Path(config.out) / 'metrics.json'} and episodes.jsonl")
     return result

@@ -20,18 +20,17 @@ def metric_columns(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def metrics_table(
-    rows: Mapping[str, Mapping[str, Any]], title: str = "Multi-turn evaluation"
+    rows: Mapping[str, Mapping[str, Any]], title: str = "Evaluation"
 ) -> Table:
-    """A table with one row per model label and one column per metric."""
+    """A table with one row per metric and one column per model label (narrow terminals fit)."""
     first = next(iter(rows.values()))
-    cols = metric_columns(first)
     table = Table(title=title)
-    table.add_column("model")
-    table.add_column("n", justify="right")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for label, m in rows.items():
-        table.add_row(label, str(m["n"]), *(f"{m[c]:.3f}" if c in m else "-" for c in cols))
+    table.add_column("metric")
+    for label in rows:
+        table.add_column(label, justify="right")
+    table.add_row("n", *(str(m["n"]) for m in rows.values()))
+    for c in metric_columns(first):
+        table.add_row(c, *(f"{m[c]:.3f}" if c in m else "-" for m in rows.values()))
     return table
 
 

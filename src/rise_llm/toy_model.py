@@ -73,11 +73,11 @@ class ToyModelConfig:
     layers: int = 4
     hidden: int = 128
     heads: int = 4
-    steps: int = 700
+    steps: int = 500
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 4e-3
     warmup: int = 50
-    conversation_weights: tuple[float, ...] = (0.4, 0.35, 0.25)
+    conversation_weights: tuple[float, ...] = (0.6, 0.25, 0.15)
     wrong_fraction: float = 0.5
     task_options: dict[str, Any] = field(default_factory=dict)
     eval_problems: int = 200

@@ -77,7 +77,7 @@ class ArithTask:
 
     min_steps: int = 2
     max_steps: int = 4
-    max_operand: int = 30
+    max_operand: int = 10
     ops: str = "+-"
     max_multiplier: int = 5
     allow_negative: bool = False
@@ -96,7 +96,7 @@ class ArithTask:
         if not self.ops or set(self.ops) - set("+-*"):
             raise RiseError(f"arith: ops must be a non-empty subset of '+-*', got {self.ops!r}")
         if self.ops == "-" and not self.allow_negative:
-            raise RiseError("arith: ops='-' alone needs allow_negative=True (values would go below 0)")
+            raise RiseError("arith: ops='-' alone needs allow_negative=True (values go below 0)")
         if "*" in self.ops and self.max_multiplier < 2:
             raise RiseError(f"arith: max_multiplier must be at least 2, got {self.max_multiplier}")
 
