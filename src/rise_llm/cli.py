@@ -136,10 +136,12 @@ COMMANDS = {"toy-model": _toy_model, "evaluate": _evaluate}
 
 def _quiet_libraries() -> None:
     """Keep the libraries' own progress bars and advice out of our output."""
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,13 +115,13 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     """Evaluate `config.model` (or the given engine) and return metrics and episodes."""
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
-    out = Path(config.out) if config.out else None
-    episodes = _resume(out, config, len(problems)) if out else []
-    done = {ep.mode for ep in episodes}
-    if engine is None:
+    if engine is None:  # load before touching the output folder: a bad model writes nothing
         engine = HFEngine.load(
             config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
         )
+    out = Path(config.out) if config.out else None
+    episodes = _resume(out, config, len(problems)) if out else []
+    done = {ep.mode for ep in episodes}
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

@@ -19,9 +19,7 @@ def metric_columns(metrics: Mapping[str, Any]) -> list[str]:
     return [c for c in cols if c in metrics]
 
 
-def metrics_table(
-    rows: Mapping[str, Mapping[str, Any]], title: str = "Evaluation"
-) -> Table:
+def metrics_table(rows: Mapping[str, Mapping[str, Any]], title: str = "Evaluation") -> Table:
     """A table with one row per metric and one column per model label (narrow terminals fit)."""
     first = next(iter(rows.values()))
     table = Table(title=title)
