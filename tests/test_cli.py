@@ -69,7 +69,7 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
     for e in by_mode["oracle"]:  # stops at the first correct attempt, never later
         assert all(not t.correct for t in e.turns[:-1])
         assert len(e.turns) == 3 or e.turns[-1].correct
-    assert compute_metrics(episodes, 3)["m1@t3"] == metrics["m1@t3"]
+    assert compute_metrics(episodes, 3).to_dict()["m1@t3"] == metrics["m1@t3"]
 
     # rerunning the same command redoes nothing and gives the same metrics
     again = subprocess.run(evaluate, check=True, capture_output=True, text=True)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from rise_llm.metrics import MAJORITY_RULE, compute_metrics, majority_correct, transition_counts
+from rise_llm.metrics import (
+    MAJORITY_RULE,
+    Metrics,
+    compute_metrics,
+    majority_correct,
+    transition_counts,
+)
 from rise_llm.records import Episode, Turn
 
 R, W, M = 1, 0, -1  # rewards: right, wrong, missing (METHOD.md, "Episode")
@@ -95,7 +101,7 @@ def three_problem_run() -> list[Episode]:
 
 
 def test_compute_metrics_three_problems_three_turns() -> None:
-    m = compute_metrics(three_problem_run(), turns=3)
+    m = compute_metrics(three_problem_run(), turns=3).to_dict()
     assert m["turns"] == 3
     assert m["n"] == 3
     assert m["acc@1"] == pytest.approx(1 / 3)
@@ -123,8 +129,13 @@ def test_compute_metrics_three_problems_three_turns() -> None:
     assert m["majority_rule"] == MAJORITY_RULE
     assert set(m) == {
         "turns", "n", "acc@1", "acc@2", "acc@3", "m1@t1", "m1@t3", "transitions",
-        "p1@t3", "m3@t1", "p3@t1", "majority_rule",
+        "p1@t3", "m3@t1", "p3@t1", "majority_rule", "schema_version", "context_window", "seconds",
     }  # fmt: skip
+
+
+def test_metrics_round_trip_through_the_flat_form() -> None:
+    metrics = compute_metrics(three_problem_run(), turns=3)
+    assert Metrics.from_dict(metrics.to_dict()) == metrics
 
 
 def test_transition_counts_directly() -> None:
@@ -141,7 +152,7 @@ def test_transition_counts_directly() -> None:
 
 
 def test_fractions_in_unit_interval_and_n_counts_problems() -> None:
-    m = compute_metrics(three_problem_run(), turns=3)
+    m = compute_metrics(three_problem_run(), turns=3).to_dict()
     fractions = {k: v for k, v in m.items() if "@" in k}
     assert len(fractions) == 8
     assert all(0.0 <= v <= 1.0 for v in fractions.values())
@@ -162,8 +173,8 @@ def test_k1_no_oracle_and_oracle() -> None:
         episode("c", "oracle", [("3", R)]),
         episode("d", "oracle", [(None, M)]),
     ]
-    m = compute_metrics(eps, turns=1)
-    assert set(m) == {"turns", "n", "acc@1", "m1@t1", "transitions", "p1@t1", "majority_rule"}
+    m = compute_metrics(eps, turns=1).to_dict()
+    assert {k for k in m if "@" in k} == {"acc@1", "m1@t1", "p1@t1"}
     assert (m["turns"], m["n"]) == (1, 4)
     assert m["acc@1"] == 0.5
     assert m["m1@t1"] == m["acc@1"]
@@ -177,7 +188,7 @@ def test_k1_parallel_baseline_does_not_overwrite_m1_t1_and_p1_t1() -> None:
         episode("a", "oracle", [("5", R)]),
         episode("a", "parallel", [("4", W)]),
     ]
-    m = compute_metrics(eps, turns=1)
+    m = compute_metrics(eps, turns=1).to_dict()
     assert m["acc@1"] == 1.0
     assert m["m1@t1"] == 1.0  # METHOD.md: m1@t1 is acc@1 of the no-oracle run
     assert m["p1@t1"] == 1.0  # the oracle run solved it
@@ -190,7 +201,7 @@ def test_oracle_p1_counts_a_late_success() -> None:
         episode("b", "oracle", [("1", W), ("1", W), ("1", W)]),
         episode("c", "oracle", [("9", R)]),
     ]
-    m = compute_metrics(eps, turns=3)
+    m = compute_metrics(eps, turns=3).to_dict()
     assert m["p1@t3"] == pytest.approx(2 / 3)
     assert m["n"] == 3
     assert "acc@1" not in m and "m3@t1" not in m  # absent modes are left out
@@ -229,7 +240,7 @@ def test_parallel_keys_are_named_after_the_number_of_samples(
         for pid, attempts in samples.items()
         for i, attempt in enumerate(attempts)
     ]
-    m = compute_metrics(eps, turns=5)
+    m = compute_metrics(eps, turns=5).to_dict()
     assert m[majority[0]] == majority[1]
     assert m[passk[0]] == passk[1]
     assert m["n"] == 2

@@ -19,7 +19,7 @@ from typing import Any
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
-from rise_llm.metrics import compute_metrics
+from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
 from rise_llm.provenance import read_run_config, write_run_record
 from rise_llm.records import Episode, read_jsonl, write_jsonl
@@ -80,7 +80,7 @@ class EvaluateConfig:
 
 @dataclass
 class EvaluateResult:
-    metrics: dict[str, Any]
+    metrics: Metrics
     episodes: list[Episode]
 
 
@@ -154,17 +154,17 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
         if out:
             write_jsonl(out / "episodes.jsonl", new, append=True)
     metrics = compute_metrics(episodes, K)
-    metrics["context_window"] = W
-    metrics["seconds"] = timings
+    metrics.context_window = W
+    metrics.seconds = timings
     if out:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
     return EvaluateResult(metrics=metrics, episodes=episodes)
 
 
 def evaluate_and_print(config: EvaluateConfig) -> EvaluateResult:
     """`run`, then print the metrics table (the command line's behaviour)."""
     result = run(config)
-    print_metrics({Path(config.model).name or config.model: result.metrics})
+    print_metrics({Path(config.model).name or config.model: result.metrics.to_dict()})
     if config.out:
         console.print(f"wrote {Path(config.out) / 'metrics.json'} and episodes.jsonl")
     return result

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from rise_llm.records import Episode, Turn
+from rise_llm.records import SCHEMA_VERSION, Episode, Turn
 
 MAJORITY_RULE = (
     "majority: attempts without an extractable answer do not vote; ties go to the most recent "
@@ -49,38 +50,96 @@ def _by_problem(episodes: Sequence[Episode], mode: str) -> dict[str, list[Episod
     return grouped
 
 
-def compute_metrics(episodes: Sequence[Episode], turns: int) -> dict[str, Any]:
-    """All metrics for K=`turns` from the episodes of the three modes, as a flat dict.
+@dataclass
+class Metrics:
+    """The metrics of one model on one problem set. Fractions are in [0, 1].
 
-    Fractions are in [0, 1]; `n` and the transition counts are integers. A mode whose episodes
-    are absent is left out.
+    A field is None when its mode was not run. `to_dict` gives the flat form stored in
+    metrics.json (`acc@1`, `m1@t5`, `p1@t5`, `m5@t1`, ...), `from_dict` reads it back.
     """
-    metrics: dict[str, Any] = {"turns": turns}
+
+    n: int
+    turns: int
+    acc: list[float] = field(default_factory=list)  # acc@1..acc@K, no oracle
+    majority: float | None = None  # m1@tK, no oracle
+    oracle: float | None = None  # p1@tK
+    parallel_samples: int = 0
+    parallel_majority: float | None = None  # m{samples}@t1
+    parallel_any: float | None = None  # p{samples}@t1
+    transitions: dict[str, dict[str, int]] = field(default_factory=dict)
+    context_window: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    majority_rule: str = MAJORITY_RULE
+
+    def to_dict(self) -> dict[str, Any]:
+        k, s = self.turns, self.parallel_samples
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "n": self.n, "turns": k}
+        out.update({f"acc@{t}": a for t, a in enumerate(self.acc, start=1)})
+        if self.acc:
+            out["m1@t1"] = self.acc[0]
+        named = {
+            f"m1@t{k}": self.majority,
+            f"p1@t{k}": self.oracle,
+            f"m{s}@t1": self.parallel_majority,
+            f"p{s}@t1": self.parallel_any,
+        }
+        out.update({key: v for key, v in named.items() if v is not None})
+        out["transitions"] = self.transitions
+        out["context_window"] = self.context_window
+        out["seconds"] = self.seconds
+        out["majority_rule"] = self.majority_rule
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        k = data["turns"]
+        samples = next(
+            (
+                int(key[1:-3])
+                for key in data
+                if key.startswith("p") and key.endswith("@t1") and key != "p1@t1"
+            ),
+            0,
+        )
+        return cls(
+            n=data["n"],
+            turns=k,
+            acc=[data[f"acc@{t}"] for t in range(1, k + 1) if f"acc@{t}" in data],
+            majority=data.get(f"m1@t{k}"),
+            oracle=data.get(f"p1@t{k}"),
+            parallel_samples=samples,
+            parallel_majority=data.get(f"m{samples}@t1") if samples else None,
+            parallel_any=data.get(f"p{samples}@t1") if samples else None,
+            transitions=data.get("transitions", {}),
+            context_window=data.get("context_window"),
+            seconds=data.get("seconds", {}),
+        )
+
+
+def compute_metrics(episodes: Sequence[Episode], turns: int) -> Metrics:
+    """All metrics for K=`turns` from the episodes of the three modes.
+
+    Modes whose episodes are absent leave their fields None. With K=1 the parallel baselines
+    would be acc@1 and p1@t1 themselves, so they are not reported separately.
+    """
     no_oracle = _by_problem(episodes, "no_oracle")
     oracle = _by_problem(episodes, "oracle")
     parallel = _by_problem(episodes, "parallel")
-    n = len(no_oracle or oracle or parallel)
-    metrics["n"] = n
+    metrics = Metrics(n=len(no_oracle or oracle or parallel), turns=turns)
     if no_oracle:
         eps = [group[0] for group in no_oracle.values()]
-        for t in range(1, turns + 1):
-            metrics[f"acc@{t}"] = sum(ep.turns[t - 1].correct for ep in eps) / len(eps)
-        metrics["m1@t1"] = metrics["acc@1"]
-        metrics[f"m1@t{turns}"] = sum(majority_correct(ep.turns[:turns]) for ep in eps) / len(eps)
-        metrics["transitions"] = {
-            f"{t}->{t + 1}": transition_counts(eps, t) for t in range(1, turns)
-        }
+        metrics.acc = [sum(ep.turns[t].correct for ep in eps) / len(eps) for t in range(turns)]
+        metrics.majority = sum(majority_correct(ep.turns[:turns]) for ep in eps) / len(eps)
+        metrics.transitions = {f"{t}->{t + 1}": transition_counts(eps, t) for t in range(1, turns)}
     if oracle:
-        eps = [group[0] for group in oracle.values()]
-        metrics[f"p1@t{turns}"] = sum(ep.solved for ep in eps) / len(eps)
-    if parallel and turns > 1:  # with K=1 the baselines are acc@1 and p1@t1 themselves
+        metrics.oracle = sum(group[0].solved for group in oracle.values()) / len(oracle)
+    if parallel and turns > 1:
         samples = [
             [ep.turns[0] for ep in sorted(g, key=lambda e: e.sample)] for g in parallel.values()
         ]
-        k = len(samples[0])
-        metrics[f"m{k}@t1"] = sum(majority_correct(s) for s in samples) / len(samples)
-        metrics[f"p{k}@t1"] = sum(any(t.correct for t in s) for s in samples) / len(samples)
-    metrics["majority_rule"] = MAJORITY_RULE
+        metrics.parallel_samples = len(samples[0])
+        metrics.parallel_majority = sum(majority_correct(x) for x in samples) / len(samples)
+        metrics.parallel_any = sum(any(t.correct for t in x) for x in samples) / len(samples)
     return metrics
 
 
