@@ -26,7 +26,10 @@ RISE = [str(Path(sys.executable).parent / "rise")]
             ["evaluate", "--model", "{model}", "--turns", "2", "--context-window", "3"],
             "context_window must be between 1 and turns (2)",
         ),
-        (["evaluate", "--model", "{model}", "--limit", "ten"], "--limit: expected a whole number"),
+        (
+            ["evaluate", "--model", "{model}", "--limit", "ten"],
+            "--limit: Input should be a valid integer",
+        ),
         (["evaluate", "--model", "{model}", "--limit", "0"], "limit must be at least 1"),
         (["evaluate", "--model", "{model}", "--split", "dev"], "unknown split 'dev'"),
         (["evaluate", "--model", "{model}", "--task-option", "bogus=1"], "no option(s) bogus"),

@@ -1,15 +1,19 @@
 """The `rise` command line: a thin shell over the stage functions.
 
-Each subcommand builds the stage's config dataclass from its flags and calls the same function a
-Python user would (`toy_model.build`, `evaluate.run`). Bad input ends in one line on stderr and
-exit status 2, never a traceback.
+Each stage subcommand's flags are generated from the stage's config dataclass (one flag per
+field, help from its docstring), validated by `config.build` exactly like a YAML config, and
+passed to the same `run` function a Python user calls. Bad input ends in one line on stderr
+and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,111 +31,169 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _whole_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return value
-
-
-def _task_option(text: str) -> tuple[str, Any]:
+def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
-def _add_task_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--task-option",
-        dest="task_options",
-        type=_task_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a task option, e.g. max_steps=5 (repeatable)",
-    )
+def _field_help(cls: type) -> dict[str, str]:
+    """First line of each field's entry in the "Args:" section of the class docstring."""
+    helps: dict[str, str] = {}
+    doc = cls.__doc__ or ""
+    for match in re.finditer(r"^ {8}([\w /]+):\s+(.+)$", doc, flags=re.M):
+        for name in match.group(1).split(" / "):
+            helps[name.strip()] = match.group(2).strip()
+    return helps
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rise", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"rise-llm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    toy = sub.add_parser("toy-model", help="build the embedded default model (a small Llama)")
-    toy.add_argument("--out", required=True, help="folder to write the model to")
-    toy.add_argument("--steps", type=_whole_number, default=None, help="SFT steps")
-    toy.add_argument("--layers", type=_whole_number, default=None)
-    toy.add_argument("--hidden", type=_whole_number, default=None)
-    toy.add_argument("--heads", type=_whole_number, default=None)
-    toy.add_argument("--batch-size", type=_whole_number, default=None)
-    toy.add_argument("--lr", type=float, default=None)
-    toy.add_argument("--eval-problems", type=_whole_number, default=None)
-    toy.add_argument("--seed", type=_whole_number, default=None)
-    _add_task_options(toy)
-
-    ev = sub.add_parser("evaluate", help="multi-turn evaluation with and without oracle")
-    ev.add_argument("--model", required=True, help="a model folder or Hugging Face Hub id")
-    ev.add_argument("--task", default="arith")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--limit", type=_whole_number, default=None, help="first N problems")
-    ev.add_argument("--turns", type=_whole_number, default=5, help="K turns (default 5)")
-    ev.add_argument(
-        "--context-window", type=_whole_number, default=None, help="W (default min(2, K))"
-    )
-    ev.add_argument("--seed", type=_whole_number, default=0)
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--top-p", type=float, default=1.0)
-    ev.add_argument("--max-new-tokens", type=_whole_number, default=None)
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    ev.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    ev.add_argument("--batch-size", type=_whole_number, default=256)
-    ev.add_argument(
-        "--out", default=None, help="output folder (default runs/eval/MODEL-TASK-SPLIT)"
-    )
-    _add_task_options(ev)
-    return parser
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per field of dataclass `cls`; only flags given end up in the namespace."""
+    hints = typing.get_type_hints(cls)
+    helps = _field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = (
+            None
+            if required
+            else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        )
+        text = helps.get(f.name, "")
+        if not required:
+            text = f"{text} (default: {default})".strip()
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        common = {"dest": f.name, "help": text, "default": argparse.SUPPRESS}
+        if hint is dict[str, Any] or origin is dict:
+            singular = flag.removesuffix("s")
+            parser.add_argument(
+                singular, type=_key_value, action="append", metavar="KEY=VALUE", **common
+            )
+        elif hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif origin in (list, tuple):
+            parser.add_argument(flag, nargs="+", type=yaml.safe_load, required=required, **common)
+        elif hint is str:
+            parser.add_argument(flag, required=required, **common)
+        else:
+            parser.add_argument(flag, type=_yaml_scalar, required=required, **common)
 
 
-def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+def _yaml_scalar(text: str) -> Any:
+    value = yaml.safe_load(text)
+    return text if value is None and text.strip() not in ("null", "~", "") else value
+
+
+def config_from_flags(cls: type, args: argparse.Namespace, command: str, **extra: Any):
+    from rise_llm.config import build
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    for k, v in list(given.items()):
+        if isinstance(v, list) and v and isinstance(v[0], tuple):  # KEY=VALUE pairs
+            given[k] = dict(v)
+    return build(cls, {**extra, **given}, f"rise {command}", flags=True)
 
 
 def _toy_model(args: argparse.Namespace) -> None:
     from rise_llm.toy_model import ToyModelConfig, build
 
-    names = ("steps", "layers", "hidden", "heads", "batch_size", "lr", "eval_problems", "seed")
-    build(ToyModelConfig(out=args.out, task_options=dict(args.task_options), **_given(args, names)))
+    build(config_from_flags(ToyModelConfig, args, "toy-model"))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from rise_llm.evaluate import EvaluateConfig, evaluate_and_print
 
-    out = args.out or str(
-        Path("runs") / "eval" / f"{Path(args.model).name}-{args.task}-{args.split}"
-    )
-    config = EvaluateConfig(
-        model=args.model,
-        task=args.task,
-        task_options=dict(args.task_options),
-        split=args.split,
-        limit=args.limit,
-        turns=args.turns,
-        context_window=args.context_window,
-        seed=args.seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        out=out,
-    )
-    evaluate_and_print(config)
+    if "out" not in args:
+        model, task = Path(args.model).name, getattr(args, "task", "arith")
+        args.out = str(Path("runs") / "eval" / f"{model}-{task}-{getattr(args, 'split', 'test')}")
+    evaluate_and_print(config_from_flags(EvaluateConfig, args, "evaluate"))
 
 
-COMMANDS = {"toy-model": _toy_model, "evaluate": _evaluate}
+def _collect(args: argparse.Namespace) -> None:
+    from rise_llm.collect import CollectConfig, run
+
+    run(config_from_flags(CollectConfig, args, "collect"))
+
+
+def _build_data(args: argparse.Namespace) -> None:
+    from rise_llm.data import BuildDataConfig, build
+
+    build(config_from_flags(BuildDataConfig, args, "build-data"))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rise_llm.train import TrainConfig, run
+
+    path = run(config_from_flags(TrainConfig, args, "train"))
+    print(f"trained model: {path}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from rise_llm.pipeline import load_run_config, run
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out={args.out}")
+    run(load_run_config(args.config, overrides))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from rise_llm.demo import DemoConfig, run
+
+    run(config_from_flags(DemoConfig, args, "demo"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rise_llm.collect import CollectConfig
+    from rise_llm.data import BuildDataConfig
+    from rise_llm.demo import DemoConfig
+    from rise_llm.evaluate import EvaluateConfig
+    from rise_llm.toy_model import ToyModelConfig
+    from rise_llm.train import TrainConfig
+
+    parser = _Parser(prog="rise", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rise-llm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    stages: list[tuple[str, str, type, Callable]] = [
+        ("demo", "the whole method on the embedded default (toy model, arith)", DemoConfig, _demo),
+        (
+            "toy-model",
+            "build the embedded default model (a small Llama)",
+            ToyModelConfig,
+            _toy_model,
+        ),
+        ("evaluate", "multi-turn evaluation with and without oracle", EvaluateConfig, _evaluate),
+        (
+            "collect",
+            "on-policy rollouts with best-of-N or teacher responses",
+            CollectConfig,
+            _collect,
+        ),
+        ("build-data", "weighted training examples from collections", BuildDataConfig, _build_data),
+        ("train", "reward-weighted fine-tuning (full or LoRA)", TrainConfig, _train),
+    ]
+    for name, help_text, cls, handler in stages:
+        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or "").split("\n")[0])
+        add_config_flags(p, cls, skip=("out",) if name == "evaluate" else ())
+        if name == "evaluate":
+            p.add_argument(
+                "--out",
+                default=argparse.SUPPRESS,
+                help="output folder (default runs/eval/MODEL-TASK-SPLIT)",
+            )
+        p.set_defaults(handler=handler)
+    run = sub.add_parser("run", help="RISE iterations from a YAML config")
+    run.add_argument("config", help="YAML file (see configs/)")
+    run.add_argument("--out", default=None, help="run folder (overrides the config's out)")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4"
+    )
+    run.set_defaults(handler=_run)
+    return parser
 
 
 def _quiet_libraries() -> None:
@@ -148,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        COMMANDS[args.command](args)
+        args.handler(args)
     except RiseError as e:
         sys.stderr.write(f"rise {args.command}: error: {e}\n")
         return 2

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from rise_llm.records import SCHEMA_VERSION, Episode, Turn
 
 MAJORITY_RULE = (
@@ -152,3 +154,89 @@ def transition_counts(episodes: Sequence[Episode], t: int) -> dict[str, int]:
         counts[f"{before}->{after}"] += 1
     keys = ("correct->correct", "correct->wrong", "wrong->correct", "wrong->wrong")
     return {k: counts[k] for k in keys}
+
+
+def per_problem(episodes: Sequence[Episode], turns: int) -> dict[str, dict[str, float]]:
+    """Per-problem outcomes (0/1) behind each metric, for paired comparisons of two runs.
+
+    Keys: "acc@1", "m1@tK", "p1@tK", "mS@t1", "pS@t1" (as present), each {problem_id: 0 or 1}.
+    """
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for pid, group in _by_problem(episodes, "no_oracle").items():
+        out["acc@1"][pid] = float(group[0].turns[0].correct)
+        out[f"m1@t{turns}"][pid] = float(majority_correct(group[0].turns[:turns]))
+    for pid, group in _by_problem(episodes, "oracle").items():
+        out[f"p1@t{turns}"][pid] = float(group[0].solved)
+    for pid, group in _by_problem(episodes, "parallel").items():
+        samples = [ep.turns[0] for ep in sorted(group, key=lambda e: e.sample)]
+        out[f"m{len(samples)}@t1"][pid] = float(majority_correct(samples))
+        out[f"p{len(samples)}@t1"][pid] = float(any(t.correct for t in samples))
+    return dict(out)
+
+
+@dataclass
+class Claim:
+    """A measured difference with its paired-bootstrap 95% interval, against a threshold."""
+
+    name: str
+    estimate: float
+    low: float
+    high: float
+    threshold: float
+    n: int
+
+    @property
+    def holds(self) -> bool:
+        return self.estimate >= self.threshold
+
+    @property
+    def significant(self) -> bool:
+        """The whole 95% interval clears the threshold."""
+        return self.low >= self.threshold
+
+
+def paired_bootstrap(
+    differences: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of per-problem differences and its bootstrap 95% interval (resampling problems)."""
+    values = np.asarray(differences, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def rise_claims(
+    base: Sequence[Episode], trained: Sequence[Episode], turns: int, seed: int = 0
+) -> list[Claim]:
+    """The paper's four claims (issue "RISE loop", METHOD.md) for a trained model vs its base.
+
+    1. with oracle it solves more within K turns: p1@tK gain >= 0.05;
+    2. sequential beats parallel at equal compute: its m1@tK - mK@t1 >= 0;
+    3. it gains more from extra turns than the base: (m1@tK - m1@t1) gain >= 0.03;
+    4. it keeps its first-turn ability: acc@1 change >= -0.02.
+    Problems are paired across the two runs, so they must be evaluated on the same problems.
+    """
+    b, r = per_problem(base, turns), per_problem(trained, turns)
+    ids = sorted(b["acc@1"])
+    if sorted(r["acc@1"]) != ids:
+        raise ValueError("the two runs were not evaluated on the same problems")
+    m, p, par = f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1"
+
+    def diff(fn) -> list[float]:
+        return [fn(i) for i in ids]
+
+    specs = [
+        (f"{p} gain over base", diff(lambda i: r[p][i] - b[p][i]), 0.05),
+        (f"{m} - {par} (sequential vs parallel)", diff(lambda i: r[m][i] - r[par][i]), 0.0),
+        (
+            f"({m} - m1@t1) gain over base",
+            diff(lambda i: (r[m][i] - r["acc@1"][i]) - (b[m][i] - b["acc@1"][i])),
+            0.03,
+        ),
+        ("acc@1 change from base", diff(lambda i: r["acc@1"][i] - b["acc@1"][i]), -0.02),
+    ]
+    claims = []
+    for name, values, threshold in specs:
+        estimate, low, high = paired_bootstrap(values, seed=seed)
+        claims.append(Claim(name, estimate, low, high, threshold, len(ids)))
+    return claims

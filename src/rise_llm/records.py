@@ -84,7 +84,71 @@ class Episode:
         return any(t.correct for t in self.turns)
 
 
-R = TypeVar("R", Problem, Turn, Episode, Verdict)
+@dataclass
+class Attempt:
+    """One sampled response at a collection state, with its verdict.
+
+    `degenerate` marks a response dropped by the repetition filter (METHOD.md); it is kept in
+    the file so that nothing sampled is lost, but it is never chosen or trained on.
+    """
+
+    response: str
+    answer: str | None
+    reward: int
+    num_tokens: int = 0
+    degenerate: bool = False
+
+    @property
+    def correct(self) -> bool:
+        return self.reward == 1
+
+
+@dataclass
+class CollectedTurn:
+    """A state reached during collection and every response sampled there.
+
+    messages: what the model saw; attempts: all samples (1 on-policy, or N improved ones);
+    chosen: index of the attempt the episode continued from (-1 if every sample was degenerate);
+    source: "policy" (the learner's on-policy attempt), "self" (best-of-N from the learner) or
+    "teacher" (best-of-N from the teacher model).
+    """
+
+    index: int
+    messages: list[Message]
+    attempts: list[Attempt]
+    chosen: int
+    source: str
+
+    @property
+    def chosen_attempt(self) -> Attempt | None:
+        return self.attempts[self.chosen] if self.chosen >= 0 else None
+
+
+@dataclass
+class CollectedEpisode:
+    """The collection rollout of one problem: a path of states with their samples."""
+
+    problem_id: str
+    turns: list[CollectedTurn]
+
+
+@dataclass
+class TrainingExample:
+    """One RISE training example: the conversation whose last (assistant) turn is trained.
+
+    weight = exp(reward / tau) (reward-weighted regression, METHOD.md "Training data").
+    """
+
+    messages: list[Message]
+    reward: int
+    weight: float
+    turn: int
+    problem_id: str
+
+
+R = TypeVar(
+    "R", Problem, Turn, Episode, Verdict, Attempt, CollectedTurn, CollectedEpisode, TrainingExample
+)
 
 
 def to_json(record: Any) -> dict[str, Any]:
@@ -112,6 +176,10 @@ def from_json(cls: type[R], data: dict[str, Any], where: str = "record") -> R:
     kwargs = {k: v for k, v in data.items() if k in names}
     if cls is Episode:
         kwargs["turns"] = [from_json(Turn, t, where) for t in kwargs["turns"]]
+    elif cls is CollectedEpisode:
+        kwargs["turns"] = [from_json(CollectedTurn, t, where) for t in kwargs["turns"]]
+    elif cls is CollectedTurn:
+        kwargs["attempts"] = [from_json(Attempt, a, where) for a in kwargs["attempts"]]
     return cls(**kwargs)
 
 

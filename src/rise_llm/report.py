@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from rise_llm.metrics import Claim
+from rise_llm.records import CollectedEpisode, CollectedTurn
 
 stdout = Console()
 
@@ -52,3 +56,84 @@ def print_metrics(rows: Mapping[str, Mapping[str, Any]]) -> None:
         if only.get("transitions"):
             stdout.print(transitions_table(only))
         stdout.print(only["majority_rule"])
+
+
+def collection_table(episodes: Sequence[CollectedEpisode]) -> Table:
+    """Per collection turn: states reached, samples drawn, mean sample reward, states solved."""
+    table = Table(title=f"Collection ({len(episodes)} problems)")
+    for name in ("turn", "source", "states", "samples", "mean reward", "solved", "degenerate"):
+        table.add_column(name, justify="left" if name == "source" else "right")
+    by_turn: dict[int, list[CollectedTurn]] = {}
+    for ep in episodes:
+        for turn in ep.turns:
+            by_turn.setdefault(turn.index, []).append(turn)
+    for t, turns in sorted(by_turn.items()):
+        attempts = [a for turn in turns for a in turn.attempts]
+        solved = sum(1 for turn in turns if (a := turn.chosen_attempt) and a.correct)
+        table.add_row(
+            str(t),
+            turns[0].source,
+            str(len(turns)),
+            str(len(attempts)),
+            f"{sum(a.reward for a in attempts) / len(attempts):+.3f}",
+            f"{solved} ({solved / len(turns):.0%})",
+            str(sum(a.degenerate for a in attempts)),
+        )
+    return table
+
+
+def claims_table(claims: Sequence[Claim], title: str) -> Table:
+    """Each claim's estimate, bootstrap 95% interval, threshold and verdict."""
+    table = Table(title=title)
+    for name in ("claim", "estimate", "95% interval", "needs", "holds"):
+        table.add_column(name, justify="left" if name == "claim" else "right")
+    for c in claims:
+        verdict = "yes" if c.holds else "no"
+        if c.holds and not c.significant:
+            verdict += " (within noise)"
+        table.add_row(
+            c.name,
+            f"{c.estimate:+.3f}",
+            f"[{c.low:+.3f}, {c.high:+.3f}]",
+            f">= {c.threshold:+.2f}",
+            verdict,
+        )
+    return table
+
+
+def plot_accuracy_by_turn(rows: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """PNG: acc@t by turn per model (no oracle), with m1@tK, p1@tK and the parallel baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, m in rows.items():
+        k = m["turns"]
+        left.plot(
+            range(1, k + 1), [m[f"acc@{t}"] for t in range(1, k + 1)], marker="o", label=label
+        )
+    left.set_xlabel("turn (no oracle)")
+    left.set_ylabel("accuracy")
+    left.set_title("Accuracy by turn")
+    left.set_xticks(range(1, k + 1))
+    left.grid(alpha=0.3)
+    left.legend()
+    cols = [c for c in metric_columns(next(iter(rows.values()))) if not c.startswith("acc@")]
+    width = 0.8 / len(rows)
+    for j, (label, m) in enumerate(rows.items()):
+        right.bar(
+            [i + j * width for i in range(len(cols))],
+            [m.get(c, 0) for c in cols],
+            width,
+            label=label,
+        )
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols)
+    right.set_title("Majority, oracle and parallel baselines")
+    right.set_ylim(0, 1)
+    right.grid(axis="y", alpha=0.3)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

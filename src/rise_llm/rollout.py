@@ -16,16 +16,16 @@ from rise_llm.tasks.base import Task
 MODES = ("no_oracle", "oracle", "parallel")
 
 
-def context(task: Task, problem: Problem, turns: Sequence[Turn], window: int) -> list[Message]:
-    """The messages the model sees before its next attempt.
+def context(task: Task, problem: Problem, responses: Sequence[str], window: int) -> list[Message]:
+    """The messages the model sees before its next attempt, given its earlier `responses`.
 
     The first prompt plus only the most recent `window - 1` attempt/feedback pairs (METHOD.md:
     a model never sees a longer history than it was trained on). window=1 shows no history.
     """
     messages = task.prompt.first_messages(problem)
-    kept = turns[len(turns) - (window - 1) :] if window > 1 else []
-    for turn in kept:
-        messages.append({"role": "assistant", "content": turn.response})
+    kept = responses[len(responses) - (window - 1) :] if window > 1 else []
+    for response in kept:
+        messages.append({"role": "assistant", "content": response})
         messages.append(task.prompt.retry_message(problem))
     return messages
 
@@ -46,7 +46,10 @@ def sequential_episodes(
         active = [i for i, ep in enumerate(episodes) if not (oracle and ep.solved)]
         if not active:
             break
-        convs = [context(task, problems[i], episodes[i].turns, window) for i in active]
+        convs = [
+            context(task, problems[i], [t.response for t in episodes[i].turns], window)
+            for i in active
+        ]
         outs = engine.generate(
             convs, n=1, params=params.with_seed(params.seed + 7919 * t), desc=f"{mode} turn {t}"
         )

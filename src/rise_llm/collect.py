@@ -1,0 +1,235 @@
+"""`rise collect`: on-policy multi-turn rollouts with improved responses (METHOD.md, "Data
+collection").
+
+Each problem's episode runs in oracle mode for up to T turns. Turn 1 is the learner's own
+on-policy attempt; at every later state the improved response is the best of N samples, from
+the learner itself (self-distillation) or from a teacher model through the same engine protocol
+(distillation). The episode continues from the chosen response and stops at the first correct
+one. Every sampled response is kept with its reward, so `build-data` can rebuild the training
+set under other criteria without sampling again.
+
+Problems are processed in chunks; turn t of all episodes of a chunk is one batched engine call.
+Each finished chunk is appended to `episodes.jsonl`, so a rerun after a kill skips the problems
+already collected: nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.engines.hf import HFEngine
+from rise_llm.errors import RiseError
+from rise_llm.progress import console
+from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.records import (
+    Attempt,
+    CollectedEpisode,
+    CollectedTurn,
+    Problem,
+    read_jsonl,
+    write_jsonl,
+)
+from rise_llm.report import collection_table, stdout
+from rise_llm.rollout import context
+from rise_llm.tasks import get_task
+from rise_llm.tasks.base import Task
+
+EPISODES = "episodes.jsonl"
+
+
+@dataclass
+class CollectConfig:
+    """Settings of `rise collect`.
+
+    Args:
+        model: the learner (a model folder or Hub id).
+        teacher: a stronger model for the improved responses (distillation); None means
+            best-of-N from the learner itself (self-distillation).
+        task / task_options / split / limit: the training problems (first `limit` of the split).
+        turns: T, the most turns per episode (reference: 2).
+        samples: N, samples per improved state, the best kept (reference: 16).
+        context_window: W for the prompts during collection (default: T, the whole episode).
+        temperature / top_p / max_new_tokens / seed: sampling (reference temperature: 1.0).
+        max_word_repeats: a response where one word appears more often is degenerate and is
+            never chosen (reference: 150).
+        chunk_size: problems per resumable chunk.
+        device / dtype / batch_size: as for `rise evaluate`.
+        out: output folder (episodes.jsonl, config.json).
+    """
+
+    model: str
+    out: str
+    teacher: str | None = None
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    split: str = "train"
+    limit: int | None = 2000
+    turns: int = 2
+    samples: int = 16
+    context_window: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    seed: int = 0
+    max_word_repeats: int = 150
+    chunk_size: int = 512
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise RiseError(f"collect: turns must be at least 1, got {self.turns}")
+        if self.samples < 1:
+            raise RiseError(f"collect: samples must be at least 1, got {self.samples}")
+        if self.context_window is None:
+            self.context_window = self.turns
+        if not 1 <= self.context_window <= self.turns:
+            raise RiseError(
+                f"collect: context_window must be between 1 and turns ({self.turns}), "
+                f"got {self.context_window}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise RiseError(f"collect: limit must be at least 1, got {self.limit}")
+        if self.chunk_size < 1:
+            raise RiseError(f"collect: chunk_size must be at least 1, got {self.chunk_size}")
+
+
+def is_degenerate(text: str, max_word_repeats: int = 150) -> bool:
+    """True when one whitespace-separated word occurs more than `max_word_repeats` times."""
+    counts = Counter(text.split())
+    return bool(counts) and max(counts.values()) > max_word_repeats
+
+
+def choose(attempts: list[Attempt]) -> int:
+    """Index of the best non-degenerate attempt (highest reward, earliest on ties), else -1."""
+    valid = [i for i, a in enumerate(attempts) if not a.degenerate]
+    return max(valid, key=lambda i: (attempts[i].reward, -i)) if valid else -1
+
+
+def collect_chunk(
+    learner: Engine,
+    improver: Engine,
+    task: Task,
+    problems: list[Problem],
+    config: CollectConfig,
+    params: SamplingParams,
+) -> list[CollectedEpisode]:
+    """Roll out one chunk of problems; turn t of all its running episodes is one batch."""
+    episodes = [CollectedEpisode(problem_id=p.id, turns=[]) for p in problems]
+    running = list(range(len(problems)))
+    source = "teacher" if config.teacher else "self"
+    for t in range(1, config.turns + 1):
+        if not running:
+            break
+        convs = [
+            context(
+                task,
+                problems[i],
+                [turn.chosen_attempt.response for turn in episodes[i].turns],
+                config.context_window,
+            )
+            for i in running
+        ]
+        engine, n = (learner, 1) if t == 1 else (improver, config.samples)
+        outs = engine.generate(
+            convs, n=n, params=params.with_seed(params.seed + 7919 * t), desc=f"collect turn {t}"
+        )
+        still_running = []
+        for i, messages, completions in zip(running, convs, outs, strict=True):
+            attempts = []
+            for c in completions:
+                verdict = task.verify(problems[i], c.text)
+                attempts.append(
+                    Attempt(
+                        response=c.text,
+                        answer=verdict.answer,
+                        reward=verdict.reward,
+                        num_tokens=c.num_tokens,
+                        degenerate=is_degenerate(c.text, config.max_word_repeats),
+                    )
+                )
+            chosen = choose(attempts)
+            episodes[i].turns.append(
+                CollectedTurn(
+                    index=t,
+                    messages=messages,
+                    attempts=attempts,
+                    chosen=chosen,
+                    source="policy" if t == 1 else source,
+                )
+            )
+            if chosen >= 0 and attempts[chosen].reward != 1:
+                still_running.append(i)
+        running = still_running
+    return episodes
+
+
+def _settings(config: CollectConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "chunk_size")}
+
+
+def run(
+    config: CollectConfig, learner: Engine | None = None, teacher: Engine | None = None
+) -> list[CollectedEpisode]:
+    """Collect (or finish collecting) episodes into `config.out`; returns all of them."""
+    task = get_task(config.task, **config.task_options)
+    problems = task.problems(config.split, config.limit)
+    out = Path(config.out)
+    previous = read_run_config(out)
+    if previous is not None and previous != _settings(config):
+        changed = sorted(k for k in previous if previous.get(k) != _settings(config).get(k))
+        raise RiseError(
+            f"{out} holds a collection with different settings ({', '.join(changed)}); "
+            "use another --out or delete the folder"
+        )
+    path = out / EPISODES
+    done = read_jsonl(path, CollectedEpisode, torn_tail_ok=True) if path.exists() else []
+    if path.exists():
+        write_jsonl(path, done)  # drop a torn last line before appending
+    have = {ep.problem_id for ep in done}
+    todo = [p for p in problems if p.id not in have]
+    if not todo:
+        console.print(f"collect: all {len(problems)} problems already in {path}")
+        return done
+    learner = learner or HFEngine.load(
+        config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+    )
+    if config.teacher and teacher is None:
+        teacher = HFEngine.load(
+            config.teacher, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+        )
+    write_run_record(out, _settings(config))
+    params = SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens or task.default_max_new_tokens,
+        seed=config.seed,
+    )
+    if done:
+        console.print(f"collect: resuming, {len(done)} of {len(problems)} problems already done")
+    start = time.perf_counter()
+    for c in range(0, len(todo), config.chunk_size):
+        chunk = todo[c : c + config.chunk_size]
+        # the seed depends on the chunk's first problem, so a resumed run samples as a fresh one
+        chunk_params = params.with_seed(params.seed + problems.index(chunk[0]))
+        new = collect_chunk(learner, teacher or learner, task, chunk, config, chunk_params)
+        write_jsonl(path, new, append=True)
+        done.extend(new)
+        console.print(
+            f"collect: {len(done)}/{len(problems)} problems "
+            f"({(c + len(chunk)) / (time.perf_counter() - start):.1f} problems/s)"
+        )
+    print_collection_summary(done)
+    return done
+
+
+def print_collection_summary(episodes: list[CollectedEpisode]) -> None:
+    """Per turn: states reached, samples drawn, mean reward, and how many states got solved."""
+    stdout.print(collection_table(episodes))

@@ -1,0 +1,173 @@
+"""`rise build-data`: turn collected episodes into weighted training examples (METHOD.md,
+"Training data").
+
+Every prefix of an episode that ends in an assistant turn is one example; only that last turn
+is trained. Which examples are kept is the criterion:
+- all: every turn;
+- better: turns whose reward is higher than the previous turn's;
+- best: turns no earlier turn of the episode beat;
+- success: turns with reward 1.
+The first attempt is kept under every criterion except `success`. Exact duplicates can be
+removed. Each example's weight is exp(reward / tau), tau = 0.4 by default (r=1 -> 12.18,
+r=0 -> 1.0, r=-1 -> 0.082): reward-weighted regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from rise_llm.collect import EPISODES
+from rise_llm.errors import RiseError
+from rise_llm.provenance import write_run_record
+from rise_llm.records import CollectedEpisode, TrainingExample, read_jsonl, write_jsonl
+from rise_llm.report import stdout
+
+CRITERIA = ("all", "better", "best", "success")
+DATA = "data.jsonl"
+
+
+@dataclass
+class BuildDataConfig:
+    """Settings of `rise build-data`.
+
+    Args:
+        episodes: collection folders (or their episodes.jsonl files); several are concatenated,
+            e.g. the collections of all iterations so far.
+        out: output folder for data.jsonl.
+        criteria: which turns become examples: all, better, best or success.
+        tau: temperature of the weights exp(reward / tau).
+        dedupe: drop examples whose whole conversation is an exact duplicate of an earlier one.
+    """
+
+    episodes: list[str]
+    out: str
+    criteria: str = "all"
+    tau: float = 0.4
+    dedupe: bool = True
+
+    def __post_init__(self) -> None:
+        if self.criteria not in CRITERIA:
+            raise RiseError(
+                f"build-data: criteria must be one of {', '.join(CRITERIA)}, got {self.criteria!r}"
+            )
+        if self.tau <= 0:
+            raise RiseError(f"build-data: tau must be positive, got {self.tau}")
+        if not self.episodes:
+            raise RiseError("build-data: give at least one collection folder or episodes file")
+
+
+def rwr_weight(reward: float, tau: float = 0.4) -> float:
+    """Reward-weighted regression weight exp(reward / tau).
+
+    >>> round(rwr_weight(1), 2), rwr_weight(0), round(rwr_weight(-1), 3)
+    (12.18, 1.0, 0.082)
+    """
+    return math.exp(reward / tau)
+
+
+def keep(rewards: Sequence[int], t: int, criteria: str) -> bool:
+    """Whether turn t (0-based) of an episode with these chosen-turn rewards is kept."""
+    r = rewards[t]
+    if criteria == "success":
+        return r == 1
+    if t == 0 or criteria == "all":
+        return True
+    if criteria == "better":
+        return r > rewards[t - 1]
+    return r >= max(rewards[:t])  # best
+
+
+def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> list[TrainingExample]:
+    """The training examples of one collected episode, along the path it took."""
+    path = [turn for turn in ep.turns if turn.chosen_attempt is not None]
+    rewards = [turn.chosen_attempt.reward for turn in path]
+    examples = []
+    for t, turn in enumerate(path):
+        if not keep(rewards, t, criteria):
+            continue
+        attempt = turn.chosen_attempt
+        examples.append(
+            TrainingExample(
+                messages=[*turn.messages, {"role": "assistant", "content": attempt.response}],
+                reward=attempt.reward,
+                weight=rwr_weight(attempt.reward, tau),
+                turn=turn.index,
+                problem_id=ep.problem_id,
+            )
+        )
+    return examples
+
+
+def load_episodes(sources: Sequence[str]) -> list[CollectedEpisode]:
+    episodes = []
+    for source in sources:
+        path = Path(source)
+        path = path / EPISODES if path.is_dir() else path
+        if not path.exists():
+            raise RiseError(f"build-data: {path} does not exist; run `rise collect` first")
+        episodes.extend(read_jsonl(path, CollectedEpisode))
+    return episodes
+
+
+def build(config: BuildDataConfig) -> list[TrainingExample]:
+    """Build `out/data.jsonl` from the collections and print a summary."""
+    episodes = load_episodes(config.episodes)
+    examples = [
+        ex for ep in episodes for ex in examples_from_episode(ep, config.criteria, config.tau)
+    ]
+    removed = 0
+    if config.dedupe:
+        seen: set[str] = set()
+        unique = []
+        for ex in examples:
+            key = json.dumps(ex.messages, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                unique.append(ex)
+        removed = len(examples) - len(unique)
+        examples = unique
+    if not examples:
+        raise RiseError(
+            f"build-data: criteria {config.criteria!r} kept no example from {len(episodes)} "
+            "episodes; try criteria 'all' or collect more problems"
+        )
+    out = Path(config.out)
+    write_run_record(out, {k: v for k, v in vars(config).items() if k != "out"})
+    write_jsonl(out / DATA, examples)
+    stdout.print(data_table(examples, len(episodes), removed))
+    return examples
+
+
+def data_table(examples: Sequence[TrainingExample], episodes: int, removed: int) -> Table:
+    """Examples per turn and reward, with the weight each reward gets."""
+    counts = Counter((ex.turn, ex.reward) for ex in examples)
+    weights = {ex.reward: ex.weight for ex in examples}
+    total_weight = sum(ex.weight for ex in examples)
+    table = Table(
+        title=f"Training data: {len(examples)} examples from {episodes} episodes"
+        f" ({removed} duplicates removed)"
+    )
+    table.add_column("turn", justify="right")
+    for r in (1, 0, -1):
+        table.add_column(f"reward {r:+d}", justify="right")
+    for t in sorted({ex.turn for ex in examples}):
+        table.add_row(str(t), *(str(counts[(t, r)]) for r in (1, 0, -1)))
+    table.add_row(
+        "weight",
+        *(f"{weights[r]:.3f}" if r in weights else "-" for r in (1, 0, -1)),
+    )
+    table.add_row(
+        "share of weight",
+        *(
+            f"{sum(ex.weight for ex in examples if ex.reward == r) / total_weight:.1%}"
+            for r in (1, 0, -1)
+        ),
+    )
+    return table

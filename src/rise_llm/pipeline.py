@@ -1,0 +1,242 @@
+"""`rise run CONFIG.yaml`: RISE iterations of collect -> build-data -> train -> evaluate.
+
+Iteration k collects with the model of iteration k-1 (the base model for k=1), builds weighted
+training data, trains, and evaluates the result on the same held-out problems as the base model.
+One run folder holds everything:
+
+    OUT/config.json          resolved config and library versions
+    OUT/base/eval/           the base model's evaluation
+    OUT/iterK/collect/       episodes.jsonl with every sample
+    OUT/iterK/data/          data.jsonl (weighted examples)
+    OUT/iterK/train/model/   the trained model (a standard HF folder)
+    OUT/iterK/eval/          metrics.json, episodes.jsonl
+    OUT/summary.json         label -> that model's metrics.json content
+    OUT/comparisons.json     each iteration against base, with bootstrap intervals
+    OUT/accuracy_by_turn.png
+
+Every stage skips work it already finished, so rerunning the same command after a crash or a
+kill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rise_llm import collect, data, evaluate, train
+from rise_llm.config import build
+from rise_llm.errors import RiseError
+from rise_llm.metrics import Metrics, rise_claims
+from rise_llm.progress import console
+from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.records import Episode, read_jsonl
+from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
+
+# Settings a run fills in for every stage itself; a section must not set them.
+_RUN_OWNED = {
+    "collect": {"model", "out", "task", "task_options", "device", "dtype", "batch_size"},
+    "data": {"episodes", "out"},
+    "train": {"model", "data", "out", "device"},
+    "evaluate": {"model", "out", "task", "task_options", "device", "dtype", "batch_size"},
+}
+
+
+@dataclass
+class DataSection:
+    """build-data settings of a run, plus `cumulative`: train on all collections so far."""
+
+    criteria: str = "all"
+    tau: float = 0.4
+    dedupe: bool = True
+    cumulative: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Settings of `rise run`.
+
+    Args:
+        base_model: the model RISE starts from (folder or Hub id).
+        out: the run folder.
+        task / task_options: the task for collection and evaluation.
+        iterations: how many RISE iterations (the paper runs 1-2).
+        start_from: "previous" trains iteration k from the model of k-1; "base" trains every
+            iteration from the base model (with `data.cumulative`, on all data so far).
+        seed: base seed; each stage and iteration derives its own from it.
+        device / dtype / batch_size: engines and training.
+        collect / data / train / evaluate: the stage settings (see `rise collect --help` and
+            the config dataclasses); the run fills in models, folders and the task.
+    """
+
+    base_model: str
+    out: str
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    iterations: int = 2
+    start_from: str = "previous"
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 256
+    collect: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise RiseError(f"run: iterations must be at least 1, got {self.iterations}")
+        if self.start_from not in ("previous", "base"):
+            raise RiseError(
+                f"run: start_from must be 'previous' or 'base', got {self.start_from!r}"
+            )
+        for section, owned in _RUN_OWNED.items():
+            clash = sorted(set(getattr(self, section)) & owned)
+            if clash:
+                raise RiseError(f"run: {section}.{clash[0]} is set by the run itself; remove it")
+        # validate every section now, not when its stage starts
+        build(DataSection, self.data, "data")
+        self.collect_config(1)
+        self.train_config(1)
+        self.evaluate_config("base")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out)
+
+    def model_of(self, iteration: int) -> str:
+        """The model iteration `iteration` ends with (0 is the base model)."""
+        if iteration == 0:
+            return self.base_model
+        return str(self.root / f"iter{iteration}" / "train" / train.MODEL_DIR)
+
+    def collect_config(self, k: int) -> collect.CollectConfig:
+        settings = {"seed": self.seed + 1000 * k, **self.collect}
+        return build(
+            collect.CollectConfig,
+            {
+                **settings,
+                "model": self.model_of(k - 1),
+                "out": str(self.root / f"iter{k}" / "collect"),
+                "task": self.task,
+                "task_options": self.task_options,
+                "device": self.device,
+                "dtype": self.dtype,
+                "batch_size": self.batch_size,
+            },
+            "collect",
+        )
+
+    def data_config(self, k: int) -> data.BuildDataConfig:
+        section = build(DataSection, self.data, "data")
+        sources = range(1, k + 1) if section.cumulative else [k]
+        return data.BuildDataConfig(
+            episodes=[str(self.root / f"iter{i}" / "collect") for i in sources],
+            out=str(self.root / f"iter{k}" / "data"),
+            criteria=section.criteria,
+            tau=section.tau,
+            dedupe=section.dedupe,
+        )
+
+    def train_config(self, k: int) -> train.TrainConfig:
+        start = self.model_of(k - 1) if self.start_from == "previous" else self.base_model
+        return build(
+            train.TrainConfig,
+            {
+                "seed": self.seed + k,
+                **self.train,
+                "model": start,
+                "data": [str(self.root / f"iter{k}" / "data")],
+                "out": str(self.root / f"iter{k}" / "train"),
+                "device": "cpu" if self.device == "cpu" else "auto",
+            },
+            "train",
+        )
+
+    def evaluate_config(self, label: str) -> evaluate.EvaluateConfig:
+        iteration = 0 if label == "base" else int(label.removeprefix("iter"))
+        return build(
+            evaluate.EvaluateConfig,
+            {
+                "seed": self.seed,
+                **self.evaluate,
+                "model": self.model_of(iteration),
+                "out": str(self.root / label / "eval"),
+                "task": self.task,
+                "task_options": self.task_options,
+                "device": self.device,
+                "dtype": self.dtype,
+                "batch_size": self.batch_size,
+            },
+            "evaluate",
+        )
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A RunConfig from a YAML file with `a.b=value` overrides applied, validated."""
+    from rise_llm.config import apply_overrides, load_yaml
+
+    return build(RunConfig, apply_overrides(load_yaml(path), overrides), str(path))
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Metrics]
+    summary: dict[str, Any]
+
+
+def _evaluate(config: RunConfig, label: str) -> Metrics:
+    console.rule(f"[bold]{label}: evaluate")
+    return evaluate.run(config.evaluate_config(label)).metrics
+
+
+def run(config: RunConfig) -> RunResult:
+    """Run (or resume) all iterations and write the summary, table and plot."""
+    root = config.root
+    settings = dataclasses.asdict(config)
+    settings.pop("out")
+    previous = read_run_config(root)
+    if previous is not None and previous != settings:
+        changed = sorted(k for k in settings if settings[k] != previous.get(k))
+        raise RiseError(
+            f"{root} holds a run with different settings ({', '.join(changed)}); "
+            "use another out folder or delete it"
+        )
+    write_run_record(root, settings)
+    metrics = {"base": _evaluate(config, "base")}
+    for k in range(1, config.iterations + 1):
+        console.rule(f"[bold]iteration {k}: collect with {config.model_of(k - 1)}")
+        collect.run(config.collect_config(k))
+        console.rule(f"[bold]iteration {k}: build data")
+        data.build(config.data_config(k))
+        console.rule(f"[bold]iteration {k}: train")
+        train.run(config.train_config(k))
+        metrics[f"iter{k}"] = _evaluate(config, f"iter{k}")
+    summary = write_summary(config, metrics)
+    return RunResult(metrics=metrics, summary=summary)
+
+
+def write_summary(config: RunConfig, metrics: dict[str, Metrics]) -> dict[str, Any]:
+    """summary.json (label -> metrics.json content), comparisons.json, the tables and the plot."""
+    root = config.root
+    flat = {label: m.to_dict() for label, m in metrics.items()}
+    (root / "summary.json").write_text(json.dumps(flat, indent=2) + "\n")
+    print_metrics(flat)
+    turns = metrics["base"].turns
+    base = read_jsonl(root / "base" / "eval" / "episodes.jsonl", Episode)
+    comparisons = {}
+    for label in list(metrics)[1:]:
+        trained = read_jsonl(root / label / "eval" / "episodes.jsonl", Episode)
+        claims = rise_claims(base, trained, turns, config.seed)
+        comparisons[f"{label}_vs_base"] = [
+            dataclasses.asdict(c) | {"holds": c.holds} for c in claims
+        ]
+    if comparisons:
+        stdout.print(claims_table(claims, f"{label} against base (paired bootstrap, 95%)"))
+    (root / "comparisons.json").write_text(json.dumps(comparisons, indent=2) + "\n")
+    plot_accuracy_by_turn(flat, root / "accuracy_by_turn.png")
+    console.print(f"wrote {root / 'summary.json'}, comparisons.json and accuracy_by_turn.png")
+    return flat

@@ -1,0 +1,297 @@
+"""`rise train`: reward-weighted regression on RISE examples with Hugging Face `Trainer`.
+
+Loss = mean over the batch of weight x (mean token NLL of the example's trained turn); earlier
+turns are context with zero loss (METHOD.md, "Training"). Labels come from
+`chat.encode_conversation`, the same template code that renders sampling prompts. Full
+fine-tuning or LoRA (PEFT); gradient accumulation, bf16, `report_to` and distributed launch are
+the Trainer's own. Checkpoints are
+saved as training goes, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from rise_llm.chat import IGNORE_INDEX, check_chat_template, encode_conversation
+from rise_llm.data import DATA
+from rise_llm.engines.hf import load_tokenizer
+from rise_llm.errors import RiseError
+from rise_llm.progress import console
+from rise_llm.provenance import versions
+from rise_llm.records import TrainingExample, read_jsonl
+
+MODEL_DIR = "model"
+TRAIN_RECORD = "train.json"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of `rise train`. Defaults are the reference hyper-parameters for 7B models.
+
+    Args:
+        model: the model to start from (folder or Hub id).
+        data: data folders (or data.jsonl files) from `rise build-data`; concatenated.
+        out: output folder; the trained model goes to out/model.
+        lr / scheduler / warmup_ratio / weight_decay: optimiser (reference: 1e-5, cosine, 4%).
+        epochs / max_steps: training length (max_steps > 0 overrides epochs).
+        batch_size / grad_accum: per-device batch and accumulation steps (reference: 16 per
+            device on 4 GPUs).
+        max_length: longer examples are dropped, with a count (reference: 2048).
+        lora / lora_r / lora_alpha / lora_dropout / lora_targets: train LoRA adapters (PEFT)
+            instead of all weights; the saved model has the adapters merged in.
+        normalize_weights: divide weights by their mean over the data (off in the reference).
+        group_by_length: batch examples of similar length (less padding).
+        bf16: "auto" uses bfloat16 on a GPU that supports it.
+        report_to: Trainer loggers, e.g. ["tensorboard"] or ["wandb"]; ["none"] for none.
+        save_steps: steps between resumable checkpoints.
+        seed: data order and initialisation of new weights.
+        device: "auto", or "cpu" to train on the CPU even with a GPU present.
+    """
+
+    model: str
+    data: list[str]
+    out: str
+    lr: float = 1e-5
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.04
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 2048
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str | list[str] = "all-linear"
+    normalize_weights: bool = False
+    group_by_length: bool = True
+    bf16: str | bool = "auto"
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    logging_steps: int = 10
+    save_steps: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise RiseError(f"train: lr must be positive, got {self.lr}")
+        for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise RiseError(f"train: {name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise RiseError("train: give epochs > 0 or max_steps > 0")
+        if not self.data:
+            raise RiseError("train: give at least one data folder from `rise build-data`")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+
+
+def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of weight x mean token NLL of each example's labelled tokens.
+
+    logits: [B, T, V] for inputs; labels: [B, T] with IGNORE_INDEX where no loss is taken
+    (position t's logits predict labels[t + 1]); weights: [B]. An example with no labelled
+    token contributes zero.
+    """
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)
+    mask = (targets != IGNORE_INDEX).float()
+    per_example = (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return (weights.to(per_example.dtype) * per_example).mean()
+
+
+class ExampleDataset(Dataset):
+    """Tokenised RISE examples: input_ids, labels (last turn only) and the RWR weight."""
+
+    def __init__(
+        self,
+        examples: Sequence[TrainingExample],
+        tokenizer,
+        max_length: int,
+        normalize_weights: bool = False,
+    ):
+        self.items: list[dict[str, Any]] = []
+        self.dropped = 0
+        mean_weight = sum(ex.weight for ex in examples) / max(len(examples), 1)
+        for ex in examples:
+            enc = encode_conversation(tokenizer, ex.messages)
+            if len(enc.input_ids) > max_length:
+                self.dropped += 1
+                continue
+            weight = ex.weight / mean_weight if normalize_weights else ex.weight
+            self.items.append({"input_ids": enc.input_ids, "labels": enc.labels, "weight": weight})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class PadCollator:
+    """Right-pads a batch; labels are padded with IGNORE_INDEX, weights stacked."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(it["input_ids"]) for it in items)
+        ids, labels, mask = [], [], []
+        for it in items:
+            gap = width - len(it["input_ids"])
+            ids.append(it["input_ids"] + [self.pad] * gap)
+            labels.append(it["labels"] + [IGNORE_INDEX] * gap)
+            mask.append([1] * len(it["input_ids"]) + [0] * gap)
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor(labels),
+            "weights": torch.tensor([it["weight"] for it in items], dtype=torch.float32),
+        }
+
+
+class RWRTrainer(Trainer):
+    """`Trainer` whose loss is `weighted_nll`; everything else is the Trainer's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("weights")
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = weighted_nll(outputs.logits, labels, weights)
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_examples(sources: Sequence[str]) -> list[TrainingExample]:
+    examples = []
+    for source in sources:
+        path = Path(source)
+        path = path / DATA if path.is_dir() else path
+        if not path.exists():
+            raise RiseError(f"train: {path} does not exist; run `rise build-data` first")
+        examples.extend(read_jsonl(path, TrainingExample))
+    return examples
+
+
+def _use_bf16(config: TrainConfig) -> bool:
+    if config.bf16 == "auto":
+        return (
+            config.device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        )
+    return bool(config.bf16)
+
+
+def _settings(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(config).items() if k != "out"}
+
+
+def run(config: TrainConfig) -> Path:
+    """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
+    out = Path(config.out)
+    record_path = out / TRAIN_RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record["config"] == _settings(config):
+            console.print(f"train: already done in {out}")
+            return out / MODEL_DIR
+        raise RiseError(f"{out} holds a model trained with other settings; use another --out")
+    examples = load_examples(config.data)
+    tokenizer = load_tokenizer(config.model)
+    check_chat_template(tokenizer, f"model {config.model!r}")
+    dataset = ExampleDataset(examples, tokenizer, config.max_length, config.normalize_weights)
+    if not len(dataset):
+        raise RiseError(f"train: every example is longer than max_length={config.max_length}")
+    if dataset.dropped:
+        console.print(
+            f"train: dropped {dataset.dropped} examples longer than {config.max_length} tokens"
+        )
+    bf16 = _use_bf16(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=config.lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        bf16=bf16,
+        report_to=config.report_to,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        use_cpu=config.device == "cpu",
+        disable_tqdm=False,
+        dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
+    )
+    trainer = RWRTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+    )
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    seconds = time.perf_counter() - start
+    final = trainer.model
+    if config.lora:
+        final = final.merge_and_unload()
+    if trainer.is_world_process_zero():
+        final.save_pretrained(out / MODEL_DIR)
+        tokenizer.save_pretrained(out / MODEL_DIR)
+        record = {
+            "config": _settings(config),
+            "versions": versions(),
+            "examples": len(dataset),
+            "dropped": dataset.dropped,
+            "steps": result.global_step,
+            "train_loss": result.training_loss,
+            "seconds": round(seconds, 1),
+            "log": trainer.state.log_history,
+        }
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return out / MODEL_DIR
