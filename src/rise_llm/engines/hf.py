@@ -7,6 +7,7 @@ together with the KV cache. Never one sample at a time.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,11 +83,26 @@ class HFEngine:
         batch_size: most sequences generated together.
         max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
             the KV cache; batches of long prompts are made smaller to fit.
+        cache: "static" preallocates the KV cache for the whole batch (transformers'
+            StaticCache), "dynamic" grows it token by token, "auto" picks static for a batch
+            whose prompts are longer than max_new_tokens. On CPU static was ~2x faster for
+            multi-turn prompts (no cache copy per step) and ~1.7x slower for short first-turn
+            prompts (attention over the whole preallocated length).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 256, max_batch_tokens: int = 1 << 18):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 256,
+        max_batch_tokens: int = 1 << 18,
+        cache: str = "auto",
+    ):
         if batch_size < 1 or max_batch_tokens < 1:
             raise RiseError("batch_size and max_batch_tokens must be at least 1")
+        if cache not in ("auto", "static", "dynamic"):
+            raise RiseError(f"cache must be 'auto', 'static' or 'dynamic', got {cache!r}")
+        self.cache = cache
         self.model = model
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
@@ -172,6 +188,9 @@ class HFEngine:
         self, prompts: list[list[int]], config: GenerationConfig, params: SamplingParams
     ) -> torch.Tensor:
         width = max(len(p) for p in prompts)
+        static = self.cache == "static" or (self.cache == "auto" and width > config.max_new_tokens)
+        config = copy.copy(config)
+        config.cache_implementation = "static" if static else None
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])

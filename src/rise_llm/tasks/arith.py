@@ -84,7 +84,6 @@ class ArithTask:
     seed: int = 0
     prompt: PromptFormat = field(default_factory=PromptFormat)
     name: str = "arith"
-    default_max_new_tokens: int = 160
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -99,6 +98,16 @@ class ArithTask:
             raise RiseError("arith: ops='-' alone needs allow_negative=True (values go below 0)")
         if "*" in self.ops and self.max_multiplier < 2:
             raise RiseError(f"arith: max_multiplier must be at least 2, got {self.max_multiplier}")
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """Room for the longest correct solution with a 50% margin (character tokens)."""
+        largest = self.max_operand * (
+            self.max_multiplier**self.max_steps if "*" in self.ops else self.max_steps + 1
+        )
+        digits = len(str(largest)) + 1  # a sign
+        line = 2 * digits + len(str(max(self.max_operand, self.max_multiplier))) + 7
+        return int(1.5 * (self.max_steps * line + digits + len("Answer: \\boxed{}") + 1))
 
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem (of either split)."""
