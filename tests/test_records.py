@@ -175,3 +175,18 @@ def test_wrong_schema_version_is_rejected(tmp_path: Path) -> None:
     path.write_text(json.dumps(obj) + "\n", encoding="utf-8")
     with pytest.raises(RiseError, match=f"schema_version {SCHEMA_VERSION + 1} is not supported"):
         read_jsonl(path, Problem)
+
+
+def test_resume_reader_cuts_only_a_torn_tail(tmp_path):
+    from rise_llm.records import read_jsonl_for_resume
+
+    path = tmp_path / "p.jsonl"
+    problems = [Problem(id=str(i), question="q", answer="1") for i in range(3)]
+    write_jsonl(path, problems)
+    stamp = path.stat().st_mtime_ns
+    assert [p.id for p in read_jsonl_for_resume(path, Problem)] == ["0", "1", "2"]
+    assert path.stat().st_mtime_ns == stamp  # a whole file is left alone
+    path.write_text(path.read_text() + '{"schema_version": 1, "id": "3", "quest')
+    assert [p.id for p in read_jsonl_for_resume(path, Problem)] == ["0", "1", "2"]
+    assert path.read_text().endswith("}\n")  # the torn line is gone
+    assert read_jsonl_for_resume(tmp_path / "missing.jsonl", Problem) == []

@@ -17,9 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from rise_llm import __version__
+from rise_llm.config import parse_value
 from rise_llm.errors import RiseError
 
 
@@ -35,7 +34,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.replace("-", "_"), yaml.safe_load(value)
+    return key.replace("-", "_"), parse_value(value, key)
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -76,7 +75,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
         elif hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif origin in (list, tuple):
-            parser.add_argument(flag, nargs="+", type=yaml.safe_load, required=required, **common)
+            parser.add_argument(flag, nargs="+", type=_yaml_scalar, required=required, **common)
         elif hint is str:
             parser.add_argument(flag, required=required, **common)
         else:
@@ -84,8 +83,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
 
 
 def _yaml_scalar(text: str) -> Any:
-    value = yaml.safe_load(text)
-    return text if value is None and text.strip() not in ("null", "~", "") else value
+    try:
+        return parse_value(text)
+    except RiseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def config_from_flags(cls: type, args: argparse.Namespace, command: str, **extra: Any):

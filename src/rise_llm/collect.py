@@ -32,7 +32,7 @@ from rise_llm.records import (
     CollectedEpisode,
     CollectedTurn,
     Problem,
-    read_jsonl,
+    read_jsonl_for_resume,
     write_jsonl,
 )
 from rise_llm.report import collection_table, stdout
@@ -190,9 +190,7 @@ def run(
             "use another --out or delete the folder"
         )
     path = out / EPISODES
-    done = read_jsonl(path, CollectedEpisode, torn_tail_ok=True) if path.exists() else []
-    if path.exists():
-        write_jsonl(path, done)  # drop a torn last line before appending
+    done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}
     todo = [p for p in problems if p.id not in have]
     if not todo:
@@ -205,7 +203,8 @@ def run(
         teacher = HFEngine.load(
             config.teacher, device=config.device, dtype=config.dtype, batch_size=config.batch_size
         )
-    write_run_record(out, _settings(config))
+    if previous is None:
+        write_run_record(out, _settings(config))
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

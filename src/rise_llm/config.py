@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_value(text: str, what: str = "value") -> Any:
+    """A command-line value read as YAML (`true`, `[a, b]`, `3`), with `1e-4` read as a number.
+
+    PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; people mean the number.
+    """
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RiseError(
+            f"{what}: {text!r} is not a valid value ({getattr(e, 'problem', e)})"
+        ) from None
+    if isinstance(value, str) and _NUMBER.match(text.strip()):
+        return float(text)
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of `data` with each `a.b.c=value` set (value parsed as YAML: 1e-4, true, [a, b])."""
     data = copy.deepcopy(data)
@@ -52,7 +72,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RiseError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_value(raw, f"override {key}")
     return data
 
 

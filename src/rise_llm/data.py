@@ -55,10 +55,10 @@ class BuildDataConfig:
     def __post_init__(self) -> None:
         if self.criteria not in CRITERIA:
             raise RiseError(
-                f"build-data: criteria must be one of {', '.join(CRITERIA)}, got {self.criteria!r}"
+                f"data: criteria must be one of {', '.join(CRITERIA)}, got {self.criteria!r}"
             )
         if self.tau <= 0:
-            raise RiseError(f"build-data: tau must be positive, got {self.tau}")
+            raise RiseError(f"data: tau must be positive, got {self.tau}")
         if not self.episodes:
             raise RiseError("build-data: give at least one collection folder or episodes file")
 

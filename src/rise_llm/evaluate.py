@@ -22,7 +22,7 @@ from rise_llm.errors import RiseError
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
 from rise_llm.provenance import read_run_config, write_run_record
-from rise_llm.records import Episode, read_jsonl, write_jsonl
+from rise_llm.records import Episode, read_jsonl_for_resume, write_jsonl
 from rise_llm.report import print_metrics
 from rise_llm.rollout import parallel_episodes, sequential_episodes
 from rise_llm.tasks import get_task
@@ -64,18 +64,18 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.turns < 1:
-            raise RiseError(f"turns must be at least 1, got {self.turns}")
+            raise RiseError(f"evaluate: turns must be at least 1, got {self.turns}")
         if self.context_window is None:
             self.context_window = min(2, self.turns)
         if not 1 <= self.context_window <= self.turns:
             raise RiseError(
-                f"context_window must be between 1 and turns ({self.turns}), "
+                f"evaluate: context_window must be between 1 and turns ({self.turns}), "
                 f"got {self.context_window}"
             )
         if self.limit is not None and self.limit < 1:
-            raise RiseError(f"limit must be at least 1, got {self.limit}")
+            raise RiseError(f"evaluate: limit must be at least 1, got {self.limit}")
         if self.batch_size < 1:
-            raise RiseError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise RiseError(f"evaluate: batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -100,36 +100,48 @@ def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
             f"{out} holds an evaluation with different settings ({', '.join(changed)}); "
             "use another --out or delete the folder"
         )
-    write_run_record(out, settings)
     path = out / "episodes.jsonl"
-    if not path.exists():
-        return []
-    episodes = read_jsonl(path, Episode, torn_tail_ok=True)
+    episodes = read_jsonl_for_resume(path, Episode)
     counts = Counter(ep.mode for ep in episodes)
     kept = [ep for ep in episodes if counts[ep.mode] == _expected(ep.mode, n, config.turns)]
-    write_jsonl(path, kept)
+    if len(kept) < len(episodes):  # drop the modes a kill left half-written
+        write_jsonl(path, kept)
     return kept
 
 
 def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
-    """Evaluate `config.model` (or the given engine) and return metrics and episodes."""
+    """Evaluate `config.model` (or the given engine) and return metrics and episodes.
+
+    With `out`, modes finished by an earlier run of the same settings are kept, and a run with
+    nothing left to do rewrites nothing.
+    """
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
-    if engine is None:  # load before touching the output folder: a bad model writes nothing
-        engine = HFEngine.load(
-            config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
-        )
     out = Path(config.out) if config.out else None
     episodes = _resume(out, config, len(problems)) if out else []
     done = {ep.mode for ep in episodes}
+    K, W = config.turns, config.context_window
+    wanted = ["no_oracle", "oracle"] + (["parallel"] if K > 1 else [])  # K=1: parallel is turn 1
+    todo = [mode for mode in wanted if mode not in done]
+    for mode in wanted:
+        if mode in done:
+            console.print(f"{mode}: already done in {out}, kept")
+    metrics_path = out / "metrics.json" if out else None
+    if not todo and metrics_path and metrics_path.exists():
+        return EvaluateResult(Metrics.from_dict(json.loads(metrics_path.read_text())), episodes)
+    if todo and engine is None:  # load before writing anything: a bad model leaves no folder
+        engine = HFEngine.load(
+            config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+        )
+    if out and not (out / "config.json").exists():
+        write_run_record(out, {k: v for k, v in dataclasses.asdict(config).items() if k != "out"})
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens or task.default_max_new_tokens,
         seed=config.seed,
     )
-    K, W = config.turns, config.context_window
-    modes = {
+    produce = {
         "no_oracle": lambda: sequential_episodes(
             engine, task, problems, K, W, params, oracle=False
         ),
@@ -140,15 +152,12 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
             engine, task, problems, K, params.with_seed(config.seed + 2)
         ),
     }
-    if K == 1:
-        del modes["parallel"]  # one turn-1 sample is the no-oracle run itself
     timings = {}
-    for mode, produce in modes.items():
-        if mode in done:
-            console.print(f"{mode}: already done in {out}, kept")
-            continue
+    if metrics_path and metrics_path.exists():
+        timings = json.loads(metrics_path.read_text()).get("seconds", {})
+    for mode in todo:
         start = time.perf_counter()
-        new = produce()
+        new = produce[mode]()
         timings[mode] = round(time.perf_counter() - start, 2)
         episodes.extend(new)
         if out:
@@ -156,8 +165,8 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     metrics = compute_metrics(episodes, K)
     metrics.context_window = W
     metrics.seconds = timings
-    if out:
-        (out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
+    if metrics_path:
+        metrics_path.write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
     return EvaluateResult(metrics=metrics, episodes=episodes)
 
 

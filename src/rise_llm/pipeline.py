@@ -98,7 +98,7 @@ class RunConfig:
             if clash:
                 raise RiseError(f"run: {section}.{clash[0]} is set by the run itself; remove it")
         # validate every section now, not when its stage starts
-        build(DataSection, self.data, "data")
+        self.data_config(1)
         self.collect_config(1)
         self.train_config(1)
         self.evaluate_config("base")

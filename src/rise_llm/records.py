@@ -224,3 +224,22 @@ def read_jsonl(path: str | Path, cls: type[R], torn_tail_ok: bool = False) -> li
     return [
         from_json(cls, obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path, torn_tail_ok)
     ]
+
+
+def read_jsonl_for_resume(path: str | Path, cls: type[R]) -> list[R]:
+    """Records already written by an interrupted run; a torn last line is cut off the file.
+
+    The file is rewritten only when its end was torn, so finished files keep their timestamps.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = read_jsonl(path, cls, torn_tail_ok=True)
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+        torn = size > 0 and f.read(1) != b"\n"
+    if torn:
+        write_jsonl(path, records)
+    return records

@@ -1,0 +1,221 @@
+"""Data collection: the repetition filter, best-of-N choice, chunk rollouts and resumable runs.
+
+Scripted engines stand in for the learner and the improver so that every sample's reward is
+known; `run` is then exercised with the real tiny model for the file and resume behaviour.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rise_llm import collect
+from rise_llm.collect import CollectConfig, choose, collect_chunk, is_degenerate
+from rise_llm.engines.base import Completion, SamplingParams
+from rise_llm.errors import RiseError
+from rise_llm.records import Attempt, CollectedEpisode, Problem, read_jsonl
+from rise_llm.tasks.arith import ArithTask
+
+PROBLEMS = [
+    Problem(id="a", question="What is 1 + 1?", answer="2"),
+    Problem(id="b", question="What is 2 + 2?", answer="4"),
+    Problem(id="c", question="What is 3 + 3?", answer="6"),
+]
+NO = "no idea"  # no boxed answer: reward -1
+
+
+def boxed(x: str) -> str:
+    return f"\\boxed{{{x}}}"
+
+
+# per problem and turn, the texts of the samples drawn there
+SCRIPT = {
+    "a": {1: [boxed("2")]},  # solved at turn 1
+    "b": {1: [boxed("5")], 2: [NO, boxed("4"), boxed("4")]},  # turn 2: tie, earliest is 1
+    "c": {1: [NO], 2: [boxed("7"), boxed("8"), NO], 3: [boxed("9"), boxed("6"), NO]},
+}
+
+
+class ScriptedEngine:
+    """Answers with the scripted samples for the conversation's problem and turn."""
+
+    def __init__(self, script=SCRIPT):
+        self.script = script
+        self.calls = []  # (problem ids, n, seed)
+
+    def generate(self, conversations, n, params, desc=""):
+        ids, out = [], []
+        for conv in conversations:
+            pid = next(p.id for p in PROBLEMS if p.question == conv[0]["content"])
+            turn = 1 + sum(m["role"] == "assistant" for m in conv)  # needs the full window
+            texts = self.script[pid][turn]
+            assert len(texts) == n
+            ids.append(pid)
+            out.append([Completion(text=t, num_tokens=len(t), finish_reason="stop") for t in texts])
+        self.calls.append((ids, n, params.seed))
+        return out
+
+
+class RefusingEngine:
+    def generate(self, conversations, n, params, desc=""):
+        raise AssertionError("this run should not sample")
+
+
+def config(**kw) -> CollectConfig:
+    return CollectConfig(**{"model": "m", "out": "o", "samples": 3, **kw})
+
+
+def retry(problem: Problem) -> dict[str, str]:
+    content = f"The answer is incorrect. Please try again. Here's the question: {problem.question}"
+    return {"role": "user", "content": content}
+
+
+def test_is_degenerate_counts_the_most_repeated_word():
+    assert is_degenerate(" ".join(["the"] * 151))
+    assert not is_degenerate(" ".join(["the"] * 150))
+    assert not is_degenerate(" ".join(["the", "cat"] * 150))  # 150 each
+    assert is_degenerate("a a a b", max_word_repeats=2)
+    assert not is_degenerate("a a b b", max_word_repeats=2)
+    assert not is_degenerate("")
+    assert not is_degenerate("   ", max_word_repeats=0)
+
+
+def att(reward: int, degenerate: bool = False) -> Attempt:
+    return Attempt(response="r", answer=None, reward=reward, degenerate=degenerate)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [
+        ([att(0), att(1), att(-1)], 1),
+        ([att(-1), att(0), att(0)], 1),  # earliest of the ties
+        ([att(1), att(1)], 0),
+        ([att(1, True), att(0), att(0, True)], 1),  # degenerate never chosen, even if correct
+        ([att(1, True), att(-1)], 1),
+        ([att(1, True), att(0, True)], -1),
+        ([], -1),
+    ],
+)
+def test_choose(attempts, expected):
+    assert choose(attempts) == expected
+
+
+def test_collect_chunk_turn1_on_policy_then_best_of_n_from_the_improver():
+    learner, improver = ScriptedEngine(), ScriptedEngine()
+    eps = collect_chunk(learner, improver, ArithTask(), PROBLEMS, config(), SamplingParams())
+    assert learner.calls == [(["a", "b", "c"], 1, 7919)]
+    assert improver.calls == [(["b", "c"], 3, 2 * 7919)]  # only the unsolved ones
+    a, b, c = eps
+    assert [ep.problem_id for ep in eps] == ["a", "b", "c"]
+    assert [len(ep.turns) for ep in eps] == [1, 2, 2]
+    assert [t.source for t in b.turns] == ["policy", "self"]
+    assert [t.index for t in b.turns] == [1, 2]
+    assert [[x.reward for x in t.attempts] for t in b.turns] == [[0], [-1, 1, 1]]
+    assert [t.chosen for t in b.turns] == [0, 1]
+    assert [[x.reward for x in t.attempts] for t in c.turns] == [[-1], [0, 0, -1]]
+    assert c.turns[1].chosen == 0
+    assert c.turns[1].attempts[0].answer == "7"
+    assert a.turns[0].messages == [{"role": "user", "content": PROBLEMS[0].question}]
+    # turn 2 sees the turn-1 response and the retry message restating the question
+    assert b.turns[1].messages == [
+        {"role": "user", "content": PROBLEMS[1].question},
+        {"role": "assistant", "content": boxed("5")},
+        retry(PROBLEMS[1]),
+    ]
+
+
+def test_collect_chunk_source_is_teacher_with_a_teacher():
+    learner, teacher = ScriptedEngine(), ScriptedEngine()
+    cfg = config(teacher="big-model")
+    eps = collect_chunk(learner, teacher, ArithTask(), PROBLEMS, cfg, SamplingParams())
+    assert [t.source for t in eps[1].turns] == ["policy", "teacher"]
+    assert len(learner.calls) == len(teacher.calls) == 1
+
+
+def test_collect_chunk_continues_from_the_chosen_response():
+    learner, improver = ScriptedEngine(), ScriptedEngine()
+    cfg = config(turns=3)
+    eps = collect_chunk(learner, improver, ArithTask(), PROBLEMS, cfg, SamplingParams(seed=5))
+    assert learner.calls == [(["a", "b", "c"], 1, 5 + 7919)]
+    assert improver.calls == [(["b", "c"], 3, 5 + 2 * 7919), (["c"], 3, 5 + 3 * 7919)]
+    c = eps[2]
+    assert [len(ep.turns) for ep in eps] == [1, 2, 3]
+    assert c.turns[2].messages == [
+        {"role": "user", "content": PROBLEMS[2].question},
+        {"role": "assistant", "content": NO},
+        retry(PROBLEMS[2]),
+        {"role": "assistant", "content": boxed("7")},  # the chosen turn-2 sample
+        retry(PROBLEMS[2]),
+    ]
+    assert (c.turns[2].chosen, c.turns[2].chosen_attempt.reward) == (1, 1)
+    assert [t.source for t in c.turns] == ["policy", "self", "self"]
+
+
+def test_collect_chunk_skips_degenerate_and_stops_when_all_are():
+    script = {
+        "a": {1: [boxed("1")], 2: ["\\boxed{2} x x x", "x x x x", boxed("3")]},
+        "b": {1: [boxed("5")], 2: ["x x x x", "y y y y \\boxed{4}", "x x x x"]},
+        "c": {1: [boxed("2")], 2: [NO, NO, NO], 3: [NO, NO, NO]},
+    }
+    engine = ScriptedEngine(script)
+    cfg = config(turns=3, max_word_repeats=3)
+    a, b, c = collect_chunk(engine, engine, ArithTask(), PROBLEMS, cfg, SamplingParams())
+    assert [x.degenerate for x in a.turns[1].attempts] == [False, True, False]
+    assert a.turns[1].chosen == 0 and a.turns[1].chosen_attempt.reward == 1
+    assert [x.degenerate for x in b.turns[1].attempts] == [True, True, True]
+    assert b.turns[1].chosen == -1 and b.turns[1].chosen_attempt is None
+    assert [len(ep.turns) for ep in (a, b, c)] == [2, 2, 3]  # b stops: nothing to continue from
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"turns": 0}, "turns must be at least 1"),
+        ({"samples": 0}, "samples must be at least 1"),
+        ({"turns": 2, "context_window": 3}, "context_window must be between 1 and turns"),
+        ({"context_window": 0}, "context_window must be between 1 and turns"),
+        ({"limit": 0}, "limit must be at least 1"),
+        ({"chunk_size": 0}, "chunk_size must be at least 1"),
+    ],
+)
+def test_collect_config_validation(kwargs, message):
+    with pytest.raises(RiseError, match=message):
+        config(**kwargs)
+
+
+def test_collect_config_context_window_defaults_to_turns():
+    assert config(turns=3).context_window == 3
+
+
+def test_run_writes_resumes_and_refuses_other_settings(tiny_model_dir, tiny_engine, tmp_path):
+    out = tmp_path / "collect"
+    settings = dict(model=str(tiny_model_dir), out=str(out), limit=6, samples=2, chunk_size=2)
+    cfg = CollectConfig(**settings, max_new_tokens=24)
+    first = collect.run(cfg, learner=tiny_engine)
+    path = out / collect.EPISODES
+    stored = read_jsonl(path, CollectedEpisode)
+    assert stored == first
+    ids = [ep.problem_id for ep in first]
+    assert len(ids) == len(set(ids)) == 6
+    for ep in first:
+        assert ep.turns[0].source == "policy" and len(ep.turns[0].attempts) == 1
+        assert all(len(t.attempts) == 2 and t.source == "self" for t in ep.turns[1:])
+        assert len(ep.turns) == 2 or ep.turns[0].attempts[0].correct
+    assert any(len(ep.turns) == 2 for ep in first)  # the tiny model is mostly wrong
+    assert (out / "config.json").exists()
+
+    # a finished collection is returned as it is, without sampling
+    assert collect.run(cfg, learner=RefusingEngine()) == first
+
+    # a kill in the middle of writing the third episode
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    resumed = collect.run(cfg, learner=tiny_engine)
+    again = read_jsonl(path, CollectedEpisode)
+    assert again == resumed
+    assert [ep.problem_id for ep in again] == ids  # same problems, same order, no duplicates
+    assert again[:2] == first[:2]
+    assert again == first  # the seed depends on the chunk, so the resumed chunks sample the same
+
+    with pytest.raises(RiseError, match="different settings") as info:
+        collect.run(CollectConfig(**{**settings, "samples": 3}, max_new_tokens=24))
+    assert "samples" in str(info.value)

@@ -1,0 +1,78 @@
+"""`rise demo --quick` end to end through the command line, including a kill and a resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rise_llm.records import CollectedEpisode, Episode, read_jsonl
+
+RISE = str(Path(sys.executable).parent / "rise")
+LABELS = ("base", "iter1", "iter2")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {path} appeared: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    command = [RISE, "demo", "--quick", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # kill it hard once iteration 1 has started training (base evaluated, data collected)
+    _wait_for(out / "iter1" / "data" / "data.jsonl", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    base_metrics = out / "base" / "eval" / "metrics.json"
+    stamps = {p: p.stat().st_mtime_ns for p in (base_metrics, out / "iter1/collect/episodes.jsonl")}
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    # finished stages were not redone
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert "already done" in finished.stderr and "already in" in finished.stderr
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == set(LABELS)
+    for label in LABELS:
+        m = summary[label]
+        assert m == json.loads((out / label / "eval" / "metrics.json").read_text())
+        for key in ("acc@1", "acc@5", "m1@t5", "p1@t5", "m5@t1", "p5@t1"):
+            assert 0.0 <= m[key] <= 1.0
+        episodes = read_jsonl(out / label / "eval" / "episodes.jsonl", Episode)
+        keys = [(e.mode, e.problem_id, e.sample) for e in episodes]
+        assert len(keys) == len(set(keys)) == m["n"] * 7  # 1 + 1 sequential, 5 parallel
+    for k in (1, 2):
+        collected = read_jsonl(out / f"iter{k}" / "collect" / "episodes.jsonl", CollectedEpisode)
+        ids = [e.problem_id for e in collected]
+        assert len(ids) == len(set(ids)) == 12
+    # every iteration changed the weights, and iteration 2 started from iteration 1
+    toy = load_file(out / "toy" / "model.safetensors")
+    iter1 = load_file(out / "iter1" / "train" / "model" / "model.safetensors")
+    iter2 = load_file(out / "iter2" / "train" / "model" / "model.safetensors")
+    assert any(not torch.equal(toy[k], iter1[k]) for k in toy)
+    assert any(not torch.equal(iter1[k], iter2[k]) for k in toy)
+    assert json.loads((out / "iter2/collect/config.json").read_text())["config"]["model"].endswith(
+        "iter1/train/model"
+    )
+    png = (out / "accuracy_by_turn.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    comparisons = json.loads((out / "comparisons.json").read_text())
+    assert len(comparisons["iter2_vs_base"]) == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["versions"]["torch"] and config["config"]["iterations"] == 2

@@ -1,0 +1,140 @@
+"""Reward-weighted training: the loss by hand, and real (tiny) fine-tunes, full and LoRA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rise_llm.chat import IGNORE_INDEX
+from rise_llm.errors import RiseError
+from rise_llm.records import TrainingExample, write_jsonl
+from rise_llm.tasks.arith import ArithTask
+from rise_llm.tasks.base import REFERENCE_RETRY
+from rise_llm.train import ExampleDataset, PadCollator, TrainConfig, run, weighted_nll
+
+LN2, LN3 = math.log(2), math.log(3)
+X = IGNORE_INDEX
+
+
+def test_weighted_loss_uniform_logits():
+    logits = torch.zeros(2, 3, 3)  # uniform over 3 tokens: every labelled token costs ln 3
+    labels = torch.tensor([[X, 1, 2], [X, X, 0]])  # 2 trained tokens, then 1
+    loss = weighted_nll(logits, labels, torch.tensor([2.0, 0.5]))
+    # per-example means are ln3 and ln3; weighted 2 ln3 and 0.5 ln3; batch mean 1.25 ln3
+    assert loss.item() == pytest.approx(1.25 * LN3)
+
+
+def test_weighted_loss_takes_the_mean_per_example_not_per_token():
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0] = torch.tensor([0.0, LN2, 0.0])  # softmax (1/4, 1/2, 1/4): token 1 costs ln 2
+    labels = torch.tensor([[X, 1, 2]])
+    loss = weighted_nll(logits, labels, torch.tensor([1.0]))
+    assert loss.item() == pytest.approx((LN2 + LN3) / 2)
+
+
+def test_example_without_trained_tokens_adds_zero_but_counts_in_the_batch():
+    logits = torch.zeros(2, 2, 3)
+    labels = torch.tensor([[X, 0], [X, X]])
+    assert weighted_nll(logits, labels, torch.tensor([1.0, 1.0])).item() == pytest.approx(LN3 / 2)
+
+
+def _examples(weight: float, n: int = 6) -> list[TrainingExample]:
+    task = ArithTask()
+    out = []
+    for i, p in enumerate(task.problems("train", n)):
+        messages = [
+            {"role": "user", "content": p.question},
+            {"role": "assistant", "content": "1 + 1 = 3\nAnswer: \\boxed{3}"},
+            {"role": "user", "content": REFERENCE_RETRY.format(question=p.question)},
+            {"role": "assistant", "content": task.solution(p)},
+        ]
+        out.append(TrainingExample(messages, reward=1, weight=weight, turn=2, problem_id=str(i)))
+    return out
+
+
+def _train(tmp_path, model_dir, weight: float, **overrides):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "data.jsonl", _examples(weight))
+    config = TrainConfig(
+        model=str(model_dir),
+        data=[str(data)],
+        out=str(tmp_path / "train"),
+        lr=1e-2,
+        max_steps=3,
+        batch_size=2,
+        device="cpu",
+        **overrides,
+    )
+    return run(config)
+
+
+def test_full_fine_tune_changes_parameters(tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, weight=12.18)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)
+    assert (tmp_path / "train" / "train.json").exists()
+
+
+def test_zero_weight_examples_teach_nothing(tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, weight=0.0)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_saves_a_merged_standard_model(tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, weight=12.18, lora=True, lora_r=4, lora_alpha=8)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    after = load_file(out / "model.safetensors")
+    before = load_file(tiny_model_dir / "model.safetensors")
+    assert not any("lora" in k for k in after)
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # only adapted layers
+    assert model.config.model_type == "llama"
+
+
+def test_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, weight=1.0)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        data=[str(tmp_path / "data")],
+        out=str(tmp_path / "train"),
+        lr=1e-2,
+        max_steps=3,
+        batch_size=2,
+        device="cpu",
+    )
+    assert run(config) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    config.lr = 2e-2
+    with pytest.raises(RiseError, match="other settings"):
+        run(config)
+
+
+def test_dataset_marks_only_the_last_turn_and_collates(tiny_engine):
+    tok = tiny_engine.tokenizer
+    examples = _examples(weight=2.0, n=2)
+    dataset = ExampleDataset(examples, tok, max_length=2048)
+    batch = PadCollator(tok.pad_token_id)([dataset[0], dataset[1]])
+    assert batch["weights"].tolist() == [2.0, 2.0]
+    for row, ex in zip(range(2), examples, strict=True):
+        trained = [t for t in batch["labels"][row].tolist() if t != IGNORE_INDEX]
+        assert tok.decode(trained) == ex.messages[-1]["content"] + "<|end|>"
+    short = ExampleDataset(examples, tok, max_length=50)
+    assert len(short) == 0 and short.dropped == 2
+    normalized = ExampleDataset(
+        [*examples[:1], TrainingExample(examples[1].messages, 0, 1.0, 2, "x")],
+        tok,
+        2048,
+        normalize_weights=True,
+    )
+    assert [it["weight"] for it in normalized.items] == pytest.approx([4 / 3, 2 / 3])
