@@ -204,9 +204,10 @@ def test_load_run_config_bad_values_name_the_field(tmp_path, extra, words):
 
 def test_shipped_configs_load():
     paths = sorted(CONFIGS.glob("*.yaml"))
-    if not paths:
-        pytest.skip(f"no configs/*.yaml in {CONFIGS} yet")
+    assert paths, f"no configs/*.yaml in {CONFIGS}"
     for path in paths:
+        first = path.read_text().splitlines()[0]
+        assert first == f"# rise run configs/{path.name}", "each config starts with its command"
         cfg = load_run_config(path)
         assert cfg.base_model and cfg.out, path
         for k in range(1, cfg.iterations + 1):

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rise_llm import toy_model
-from rise_llm.pipeline import RunConfig, RunResult
+from rise_llm.pipeline import RunConfig, RunResult, load_run_config
 from rise_llm.pipeline import run as run_pipeline
 from rise_llm.progress import console
 
 QUICK_TOY = dict(layers=2, hidden=32, heads=2, steps=40, batch_size=8, eval_problems=16, lr=3e-3)
-
-FULL: dict[str, Any] = {
-    "iterations": 2,
-    "collect": {"limit": 1500, "turns": 2, "samples": 16},
-    "data": {"criteria": "all"},
-    "train": {"lr": 5e-4, "epochs": 2, "batch_size": 32, "save_steps": 100},
-    "evaluate": {"limit": 1000, "turns": 5},
-}
-QUICK: dict[str, Any] = {
-    "iterations": 2,
-    "collect": {"limit": 12, "turns": 2, "samples": 4, "max_new_tokens": 48},
-    "data": {"criteria": "all"},
-    "train": {"lr": 1e-3, "max_steps": 3, "batch_size": 4, "save_steps": 2},
-    "evaluate": {"limit": 10, "turns": 5, "max_new_tokens": 48},
-}
+RECIPES = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -46,16 +31,15 @@ class DemoConfig:
 
 
 def run_config(config: DemoConfig) -> RunConfig:
-    """The RISE run the demo performs (its resolved settings land in OUT/config.json)."""
-    settings = QUICK if config.quick else FULL
-    return RunConfig(
-        base_model=str(Path(config.out) / "toy"),
-        out=config.out,
-        task="arith",
-        seed=config.seed,
-        device=config.device,
-        **settings,
-    )
+    """The RISE run the demo performs: configs/arith-toy(-quick).yaml in the demo's folder."""
+    recipe = RECIPES / ("arith-toy-quick.yaml" if config.quick else "arith-toy.yaml")
+    overrides = [
+        f"base_model={Path(config.out) / 'toy'}",
+        f"out={config.out}",
+        f"seed={config.seed}",
+        f"device={config.device}",
+    ]
+    return load_run_config(recipe, overrides)
 
 
 def run(config: DemoConfig) -> RunResult:
