@@ -81,7 +81,7 @@ class CollectConfig:
     chunk_size: int = 512
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 256
+    batch_size: int = 128
 
     def __post_init__(self) -> None:
         if self.turns < 1:

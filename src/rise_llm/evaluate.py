@@ -59,7 +59,7 @@ class EvaluateConfig:
     max_new_tokens: int | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 256
+    batch_size: int = 128
     out: str | None = None
 
     def __post_init__(self) -> None:

@@ -80,7 +80,8 @@ class HFEngine:
 
     Args:
         model, tokenizer: a loaded causal LM and its tokenizer (with a chat template).
-        batch_size: most sequences generated together.
+        batch_size: most sequences generated together (128 was fastest for the toy on CPU;
+            a GPU usually wants more).
         max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
             the KV cache; batches of long prompts are made smaller to fit.
         cache: "static" preallocates the KV cache for the whole batch (transformers'
@@ -94,7 +95,7 @@ class HFEngine:
         self,
         model,
         tokenizer,
-        batch_size: int = 256,
+        batch_size: int = 128,
         max_batch_tokens: int = 1 << 18,
         cache: str = "auto",
     ):
