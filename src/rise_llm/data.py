@@ -26,7 +26,12 @@ from rich.table import Table
 from rise_llm.collect import EPISODES
 from rise_llm.errors import RiseError
 from rise_llm.provenance import write_run_record
-from rise_llm.records import CollectedEpisode, TrainingExample, read_jsonl, write_jsonl
+from rise_llm.records import (
+    CollectedEpisode,
+    TrainingExample,
+    read_stage_outputs,
+    write_jsonl,
+)
 from rise_llm.report import stdout
 
 CRITERIA = ("all", "better", "best", "success")
@@ -106,14 +111,7 @@ def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> li
 
 
 def load_episodes(sources: Sequence[str]) -> list[CollectedEpisode]:
-    episodes = []
-    for source in sources:
-        path = Path(source)
-        path = path / EPISODES if path.is_dir() else path
-        if not path.exists():
-            raise RiseError(f"build-data: {path} does not exist; run `rise collect` first")
-        episodes.extend(read_jsonl(path, CollectedEpisode))
-    return episodes
+    return read_stage_outputs(sources, EPISODES, CollectedEpisode, "run `rise collect` first")
 
 
 def build(config: BuildDataConfig) -> list[TrainingExample]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -242,4 +242,20 @@ def read_jsonl_for_resume(path: str | Path, cls: type[R]) -> list[R]:
         torn = size > 0 and f.read(1) != b"\n"
     if torn:
         write_jsonl(path, records)
+    return records
+
+
+def read_stage_outputs(sources: Sequence[str], filename: str, cls: type[R], hint: str) -> list[R]:
+    """Records from several stage folders (or files directly), concatenated in order.
+
+    A folder is read as `folder/filename`; a missing one is an error that says `hint` (the
+    command that makes it).
+    """
+    records: list[R] = []
+    for source in sources:
+        path = Path(source)
+        path = path / filename if path.is_dir() else path
+        if not path.exists():
+            raise RiseError(f"{path} does not exist; {hint}")
+        records.extend(read_jsonl(path, cls))
     return records

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.engines.base import Completion, Engine, SamplingParams
 from rise_llm.records import Episode, Message, Problem, Turn
 from rise_llm.tasks.base import Task
 
@@ -28,6 +28,22 @@ def context(task: Task, problem: Problem, responses: Sequence[str], window: int)
         messages.append({"role": "assistant", "content": response})
         messages.append(task.prompt.retry_message(problem))
     return messages
+
+
+def judged_turn(
+    task: Task, problem: Problem, index: int, messages: list[Message], completion: Completion
+) -> Turn:
+    """A sampled completion as a Turn, with the verifier's answer and reward."""
+    verdict = task.verify(problem, completion.text)
+    return Turn(
+        index=index,
+        messages=messages,
+        response=completion.text,
+        answer=verdict.answer,
+        reward=verdict.reward,
+        num_tokens=completion.num_tokens,
+        finish_reason=completion.finish_reason,
+    )
 
 
 def sequential_episodes(
@@ -54,18 +70,7 @@ def sequential_episodes(
             convs, n=1, params=params.with_seed(params.seed + 7919 * t), desc=f"{mode} turn {t}"
         )
         for i, messages, (completion,) in zip(active, convs, outs, strict=True):
-            verdict = task.verify(problems[i], completion.text)
-            episodes[i].turns.append(
-                Turn(
-                    index=t,
-                    messages=messages,
-                    response=completion.text,
-                    answer=verdict.answer,
-                    reward=verdict.reward,
-                    num_tokens=completion.num_tokens,
-                    finish_reason=completion.finish_reason,
-                )
-            )
+            episodes[i].turns.append(judged_turn(task, problems[i], t, messages, completion))
     return episodes
 
 
@@ -78,15 +83,6 @@ def parallel_episodes(
     episodes = []
     for problem, messages, completions in zip(problems, convs, outs, strict=True):
         for k, completion in enumerate(completions):
-            verdict = task.verify(problem, completion.text)
-            turn = Turn(
-                index=1,
-                messages=messages,
-                response=completion.text,
-                answer=verdict.answer,
-                reward=verdict.reward,
-                num_tokens=completion.num_tokens,
-                finish_reason=completion.finish_reason,
-            )
+            turn = judged_turn(task, problem, 1, messages, completion)
             episodes.append(Episode(problem_id=problem.id, mode="parallel", turns=[turn], sample=k))
     return episodes

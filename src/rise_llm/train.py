@@ -28,7 +28,7 @@ from rise_llm.engines.hf import load_tokenizer
 from rise_llm.errors import RiseError
 from rise_llm.progress import console
 from rise_llm.provenance import versions
-from rise_llm.records import TrainingExample, read_jsonl
+from rise_llm.records import TrainingExample, read_stage_outputs
 
 MODEL_DIR = "model"
 TRAIN_RECORD = "train.json"
@@ -184,14 +184,7 @@ class RWRTrainer(Trainer):
 
 
 def load_examples(sources: Sequence[str]) -> list[TrainingExample]:
-    examples = []
-    for source in sources:
-        path = Path(source)
-        path = path / DATA if path.is_dir() else path
-        if not path.exists():
-            raise RiseError(f"train: {path} does not exist; run `rise build-data` first")
-        examples.extend(read_jsonl(path, TrainingExample))
-    return examples
+    return read_stage_outputs(sources, DATA, TrainingExample, "run `rise build-data` first")
 
 
 def _use_bf16(config: TrainConfig) -> bool:
