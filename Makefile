@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/rise toy-model --out $(RUNS)/toy
-	$(BIN)/rise evaluate --model $(RUNS)/toy --turns 5 --limit 500 --out $(RUNS)/eval-toy
+	$(BIN)/rise demo --out $(RUNS)/demo
 
 test: setup
 	$(BIN)/ruff check src tests
