@@ -219,3 +219,21 @@ def test_run_writes_resumes_and_refuses_other_settings(tiny_model_dir, tiny_engi
     with pytest.raises(RiseError, match="different settings") as info:
         collect.run(CollectConfig(**{**settings, "samples": 3}, max_new_tokens=24))
     assert "samples" in str(info.value)
+
+
+def test_run_loads_a_real_teacher_model(tiny_model_dir, tmp_path):
+    cfg = CollectConfig(
+        model=str(tiny_model_dir),
+        teacher=str(tiny_model_dir),
+        out=str(tmp_path / "c"),
+        limit=4,
+        samples=3,
+        max_new_tokens=16,
+        device="cpu",
+    )
+    episodes = collect.run(cfg)
+    assert len(episodes) == 4
+    for ep in episodes:
+        assert ep.turns[0].source == "policy" and len(ep.turns[0].attempts) == 1
+        for turn in ep.turns[1:]:
+            assert turn.source == "teacher" and len(turn.attempts) == 3
