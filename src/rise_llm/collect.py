@@ -24,7 +24,7 @@ from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.errors import RiseError
+from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
 from rise_llm.provenance import read_run_config, write_run_record
 from rise_llm.records import (
@@ -84,21 +84,11 @@ class CollectConfig:
     batch_size: int = 128
 
     def __post_init__(self) -> None:
-        if self.turns < 1:
-            raise RiseError(f"collect: turns must be at least 1, got {self.turns}")
-        if self.samples < 1:
-            raise RiseError(f"collect: samples must be at least 1, got {self.samples}")
+        check_at_least("collect", 1, turns=self.turns, samples=self.samples, limit=self.limit)
+        check_at_least("collect", 1, chunk_size=self.chunk_size, batch_size=self.batch_size)
         if self.context_window is None:
             self.context_window = self.turns
-        if not 1 <= self.context_window <= self.turns:
-            raise RiseError(
-                f"collect: context_window must be between 1 and turns ({self.turns}), "
-                f"got {self.context_window}"
-            )
-        if self.limit is not None and self.limit < 1:
-            raise RiseError(f"collect: limit must be at least 1, got {self.limit}")
-        if self.chunk_size < 1:
-            raise RiseError(f"collect: chunk_size must be at least 1, got {self.chunk_size}")
+        check_context_window("collect", self.context_window, self.turns)
 
 
 def is_degenerate(text: str, max_word_repeats: int = 150) -> bool:

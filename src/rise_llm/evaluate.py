@@ -18,7 +18,7 @@ from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.errors import RiseError
+from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
 from rise_llm.provenance import read_run_config, write_run_record
@@ -63,19 +63,11 @@ class EvaluateConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        if self.turns < 1:
-            raise RiseError(f"evaluate: turns must be at least 1, got {self.turns}")
+        check_at_least("evaluate", 1, turns=self.turns, limit=self.limit)
+        check_at_least("evaluate", 1, batch_size=self.batch_size)
         if self.context_window is None:
             self.context_window = min(2, self.turns)
-        if not 1 <= self.context_window <= self.turns:
-            raise RiseError(
-                f"evaluate: context_window must be between 1 and turns ({self.turns}), "
-                f"got {self.context_window}"
-            )
-        if self.limit is not None and self.limit < 1:
-            raise RiseError(f"evaluate: limit must be at least 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise RiseError(f"evaluate: batch_size must be at least 1, got {self.batch_size}")
+        check_context_window("evaluate", self.context_window, self.turns)
 
 
 @dataclass
