@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
@@ -73,3 +74,12 @@ def test_bad_requests_are_rejected(tiny_engine):
         SamplingParams(top_p=0)
     with pytest.raises(RiseError, match="does not exist"):
         HFEngine.load("./no/such/model")
+
+
+def test_bfloat16_weights_generate(tiny_model_dir):
+    engine = HFEngine.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
+    out = engine.generate(CONVS, n=2, params=SamplingParams(max_new_tokens=8, seed=0))
+    assert [len(s) for s in out] == [2, 2, 2]
+    with pytest.raises(RiseError, match="unknown dtype"):
+        HFEngine.load(str(tiny_model_dir), device="cpu", dtype="fp8")
