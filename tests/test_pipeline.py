@@ -76,3 +76,25 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
     assert len(comparisons["iter2_vs_base"]) == 4
     config = json.loads((out / "config.json").read_text())
     assert config["versions"]["torch"] and config["config"]["iterations"] == 2
+
+
+@pytest.mark.slow
+def test_a_finished_run_can_grow_by_iterations_but_not_change(tmp_path, tiny_model_dir):
+    from rise_llm.config import apply_overrides, build, load_yaml
+    from rise_llm.errors import RiseError
+    from rise_llm.pipeline import RunConfig, run
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "arith-toy-quick.yaml"
+    settings = apply_overrides(
+        load_yaml(recipe),
+        [f"base_model={tiny_model_dir}", f"out={tmp_path / 'run'}", "iterations=1", "device=cpu"],
+    )
+    first = run(build(RunConfig, settings, "test"))
+    assert set(first.metrics) == {"base", "iter1"}
+    stamp = (tmp_path / "run/iter1/eval/metrics.json").stat().st_mtime_ns
+    grown = run(build(RunConfig, {**settings, "iterations": 2}, "test"))
+    assert set(grown.metrics) == {"base", "iter1", "iter2"}
+    assert (tmp_path / "run/iter1/eval/metrics.json").stat().st_mtime_ns == stamp
+    changed = {**settings, "iterations": 2, "collect": {**settings["collect"], "samples": 5}}
+    with pytest.raises(RiseError, match=r"different settings \(collect\)"):
+        run(build(RunConfig, changed, "test"))

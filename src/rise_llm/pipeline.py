@@ -199,12 +199,19 @@ def run(config: RunConfig) -> RunResult:
     settings = dataclasses.asdict(config)
     settings.pop("out")
     previous = read_run_config(root)
-    if previous is not None and previous != settings:
-        changed = sorted(k for k in settings if settings[k] != previous.get(k))
-        raise RiseError(
-            f"{root} holds a run with different settings ({', '.join(changed)}); "
-            "use another out folder or delete it"
+    if previous is not None:
+        # more iterations extend a run; any other change would mix two recipes in one folder
+        changed = sorted(
+            k
+            for k in settings
+            if settings[k] != previous.get(k)
+            and not (k == "iterations" and settings[k] >= previous.get(k, 0))
         )
+        if changed:
+            raise RiseError(
+                f"{root} holds a run with different settings ({', '.join(changed)}); "
+                "use another out folder or delete it (only `iterations` may grow)"
+            )
     write_run_record(root, settings)
     metrics = {"base": _evaluate(config, "base")}
     for k in range(1, config.iterations + 1):
