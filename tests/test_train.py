@@ -116,7 +116,7 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path, tiny_model_di
     assert run(config) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     config.lr = 2e-2
-    with pytest.raises(RiseError, match="other settings"):
+    with pytest.raises(RiseError, match="different settings"):
         run(config)
 
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.errors import RiseError, check_at_least, check_context_window
+from rise_llm.errors import check_at_least, check_context_window
 from rise_llm.progress import console
-from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import (
     Attempt,
     CollectedEpisode,
@@ -172,13 +172,8 @@ def run(
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
     out = Path(config.out)
-    previous = read_run_config(out)
-    if previous is not None and previous != _settings(config):
-        changed = sorted(k for k in previous if previous.get(k) != _settings(config).get(k))
-        raise RiseError(
-            f"{out} holds a collection with different settings ({', '.join(changed)}); "
-            "use another --out or delete the folder"
-        )
+    settings = _settings(config)
+    previous = check_settings(out, settings, "a collection")
     path = out / EPISODES
     done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}
@@ -194,7 +189,7 @@ def run(
             config.teacher, device=config.device, dtype=config.dtype, batch_size=config.batch_size
         )
     if previous is None:
-        write_run_record(out, _settings(config))
+        write_run_record(out, settings)
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

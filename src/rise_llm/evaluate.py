@@ -18,10 +18,10 @@ from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.errors import RiseError, check_at_least, check_context_window
+from rise_llm.errors import check_at_least, check_context_window
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
-from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl_for_resume, write_jsonl
 from rise_llm.report import print_metrics
 from rise_llm.rollout import parallel_episodes, sequential_episodes
@@ -80,18 +80,13 @@ def _expected(mode: str, n: int, turns: int) -> int:
     return n * turns if mode == "parallel" else n
 
 
+def _settings(config: EvaluateConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
+
+
 def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
     """Episodes of the modes a previous run of the same config finished (others are dropped)."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
-    previous = read_run_config(out)
-    if previous is not None and previous != settings:
-        changed = sorted(
-            k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
-        )
-        raise RiseError(
-            f"{out} holds an evaluation with different settings ({', '.join(changed)}); "
-            "use another --out or delete the folder"
-        )
+    check_settings(out, _settings(config), "an evaluation")
     path = out / "episodes.jsonl"
     episodes = read_jsonl_for_resume(path, Episode)
     counts = Counter(ep.mode for ep in episodes)
@@ -126,7 +121,7 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
             config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
         )
     if out and not (out / "config.json").exists():
-        write_run_record(out, {k: v for k, v in dataclasses.asdict(config).items() if k != "out"})
+        write_run_record(out, _settings(config))
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

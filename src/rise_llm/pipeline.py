@@ -31,7 +31,7 @@ from rise_llm.config import build
 from rise_llm.errors import RiseError
 from rise_llm.metrics import Metrics, rise_claims
 from rise_llm.progress import console
-from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
 from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
 
@@ -198,20 +198,7 @@ def run(config: RunConfig) -> RunResult:
     root = config.root
     settings = dataclasses.asdict(config)
     settings.pop("out")
-    previous = read_run_config(root)
-    if previous is not None:
-        # more iterations extend a run; any other change would mix two recipes in one folder
-        changed = sorted(
-            k
-            for k in settings
-            if settings[k] != previous.get(k)
-            and not (k == "iterations" and settings[k] >= previous.get(k, 0))
-        )
-        if changed:
-            raise RiseError(
-                f"{root} holds a run with different settings ({', '.join(changed)}); "
-                "use another out folder or delete it (only `iterations` may grow)"
-            )
+    check_settings(root, settings, "a run", may_grow=("iterations",))
     write_run_record(root, settings)
     metrics = {"base": _evaluate(config, "base")}
     for k in range(1, config.iterations + 1):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from rise_llm import __version__
+from rise_llm.errors import RiseError
 
 _LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "peft", "datasets")
 
@@ -44,3 +45,33 @@ def read_run_config(out: Path, name: str = "config.json") -> dict[str, Any] | No
     if not path.exists():
         return None
     return json.loads(path.read_text())["config"]
+
+
+def check_settings(
+    out: Path,
+    settings: dict[str, Any],
+    what: str,
+    name: str = "config.json",
+    may_grow: tuple[str, ...] = (),
+) -> dict[str, Any] | None:
+    """The settings recorded in `out/name` (None if none), refusing ones that differ.
+
+    Rerunning a command into the same folder resumes it only with the same settings; anything
+    else would mix two runs in one folder. Fields in `may_grow` may increase (more iterations).
+    """
+    previous = read_run_config(out, name)
+    if previous is None:
+        return None
+    changed = sorted(
+        k
+        for k in settings.keys() | previous.keys()
+        if settings.get(k) != previous.get(k)
+        and not (k in may_grow and settings.get(k, 0) >= previous.get(k, 0))
+    )
+    if changed:
+        grow = f" (only {', '.join(may_grow)} may grow)" if may_grow else ""
+        raise RiseError(
+            f"{out} holds {what} with different settings ({', '.join(changed)}); "
+            f"use another out folder or delete it{grow}"
+        )
+    return previous

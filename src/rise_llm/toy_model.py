@@ -38,7 +38,7 @@ from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
 from rise_llm.progress import console, progress_bar
-from rise_llm.provenance import versions
+from rise_llm.provenance import check_settings, versions
 from rise_llm.records import Message, Problem
 from rise_llm.tasks.arith import ArithTask, format_solution
 
@@ -215,12 +215,9 @@ def build(config: ToyModelConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(config)
     settings["conversation_weights"] = list(config.conversation_weights)
     record_path = out / BUILD_RECORD
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record["config"] == settings:
-            console.print(f"toy model already built in {out}; delete the folder to rebuild")
-            return record
-        raise RiseError(f"{out} holds a toy model built with other settings; use another --out")
+    if check_settings(out, settings, "a toy model", name=BUILD_RECORD):
+        console.print(f"toy model already built in {out}; delete the folder to rebuild")
+        return json.loads(record_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     task = ArithTask(seed=config.seed, **config.task_options)

@@ -27,7 +27,7 @@ from rise_llm.data import DATA
 from rise_llm.engines.hf import load_tokenizer
 from rise_llm.errors import RiseError
 from rise_llm.progress import console
-from rise_llm.provenance import versions
+from rise_llm.provenance import check_settings, versions
 from rise_llm.records import TrainingExample, read_stage_outputs
 
 MODEL_DIR = "model"
@@ -203,12 +203,9 @@ def run(config: TrainConfig) -> Path:
     """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
     out = Path(config.out)
     record_path = out / TRAIN_RECORD
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if record["config"] == _settings(config):
-            console.print(f"train: already done in {out}")
-            return out / MODEL_DIR
-        raise RiseError(f"{out} holds a model trained with other settings; use another --out")
+    if check_settings(out, _settings(config), "a trained model", name=TRAIN_RECORD):
+        console.print(f"train: already done in {out}")
+        return out / MODEL_DIR
     examples = load_examples(config.data)
     tokenizer = load_tokenizer(config.model)
     check_chat_template(tokenizer, f"model {config.model!r}")
