@@ -33,7 +33,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from rise_llm.chat import IGNORE_INDEX, encode_conversation
+from rise_llm.chat import encode_conversation
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
@@ -41,6 +41,7 @@ from rise_llm.progress import console, progress_bar
 from rise_llm.provenance import check_settings, versions
 from rise_llm.records import Message, Problem
 from rise_llm.tasks.arith import ArithTask, format_solution
+from rise_llm.train import PadCollator
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHARACTERS = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -182,16 +183,11 @@ def make_batch(
     for _ in range(config.batch_size):
         messages, trained = sft_conversation(task, pool, k, config.wrong_fraction, rng)
         encoded.append(encode_conversation(tokenizer, messages, trained))
-    width = max(len(e.input_ids) for e in encoded)
-    pad = tokenizer.pad_token_id
-    ids = [e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded]
-    labels = [e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in encoded]
-    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded]
-    return {
-        "input_ids": torch.tensor(ids),
-        "labels": torch.tensor(labels),
-        "attention_mask": torch.tensor(mask),
-    }
+    batch = PadCollator(tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels, "weight": 1.0} for e in encoded]
+    )
+    del batch["weights"]  # plain SFT: the model's own token-mean loss
+    return batch
 
 
 def single_turn_accuracy(model_dir: Path, task: ArithTask, n: int, seed: int) -> float:
