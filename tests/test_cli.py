@@ -88,3 +88,18 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
     resumed = read_jsonl(run / "episodes.jsonl", Episode)
     keys = [(e.mode, e.problem_id, e.sample) for e in resumed]
     assert len(keys) == len(set(keys)) == 60
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "collect", "build-data", "train", "run", "demo", "toy-model"]
+)
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: rise " + command)
+    if command == "train":
+        # a help line with `%` (warmup 4%) and one continued over two docstring lines
+        assert "4%" in text
+        assert "reference: 16 per device on 4 GPUs" in " ".join(text.split())
