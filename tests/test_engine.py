@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from rise_llm.engines.base import SamplingParams
-from rise_llm.engines.hf import HFEngine
+from rise_llm.engines.hf import HFEngine, model_source
 from rise_llm.errors import RiseError
 
 CONVS = [
@@ -83,3 +87,53 @@ def test_bfloat16_weights_generate(tiny_model_dir):
     assert [len(s) for s in out] == [2, 2, 2]
     with pytest.raises(RiseError, match="unknown dtype"):
         HFEngine.load(str(tiny_model_dir), device="cpu", dtype="fp8")
+
+
+def _without_chat_template(model_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "no-template"
+    shutil.copytree(model_dir, copy)
+    (copy / "chat_template.jinja").unlink()
+    return copy
+
+
+def test_a_model_without_chat_template_needs_one_configured(tiny_model_dir, tmp_path):
+    bare = _without_chat_template(tiny_model_dir, tmp_path)
+    with pytest.raises(RiseError, match=r"has no chat template; .* set chat_template"):
+        HFEngine.load(str(bare), device="cpu")
+    template = tiny_model_dir / "chat_template.jinja"
+    for given in (str(template), template.read_text()):  # a file, or the text itself
+        engine = HFEngine.load(str(bare), device="cpu", chat_template=given)
+        assert engine.tokenizer.chat_template == template.read_text()
+        out = engine.generate(CONVS[:1], n=1, params=SamplingParams(max_new_tokens=4))
+        assert out[0][0].num_tokens >= 1
+
+
+def test_gguf_sources_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(RiseError, match=r"GGUF file .* does not exist"):
+        HFEngine.load(str(tmp_path / "missing.gguf"))
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_text("not a model")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)  # header cut short
+    for broken in (garbage, truncated):
+        with pytest.raises(RiseError, match=r"is not a readable GGUF file .* download it again"):
+            HFEngine.load(str(broken))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a),
+    )
+    with pytest.raises(RiseError, match=r"needs the gguf package: pip install 'rise-llm\[gguf\]'"):
+        HFEngine.load(str(garbage))
+
+
+def test_gguf_file_is_read_from_its_folder(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"")
+    with pytest.raises(RiseError, match="not a readable GGUF"):
+        model_source(str(path))
+    assert model_source("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        {},
+    )

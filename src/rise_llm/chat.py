@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rise_llm.errors import RiseError
 from rise_llm.records import Message
@@ -21,9 +22,28 @@ def check_chat_template(tokenizer, source: str = "the model") -> None:
     """Fail clearly when the tokenizer has no chat template to render conversations with."""
     if not getattr(tokenizer, "chat_template", None):
         raise RiseError(
-            f"{source} has no chat template; use a chat (instruct) model or give its tokenizer "
-            "a chat_template"
+            f"{source} has no chat template; use a chat (instruct) model or set chat_template "
+            "(--chat-template) to a Jinja template file or text"
         )
+
+
+def read_chat_template(value: str) -> str:
+    """The Jinja text of a configured chat template: `value` itself, or the file it names.
+
+    >>> read_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")[:6]
+    '{% for'
+    """
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise RiseError(
+            f"chat_template {value!r} is neither a file nor a Jinja template ({{% ... %}})"
+        )
+    text = path.read_text()
+    if "{{" not in text and "{%" not in text:
+        raise RiseError(f"chat_template file {path} holds no Jinja template")
+    return text
 
 
 def render(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:

@@ -33,7 +33,8 @@ class EvaluateConfig:
     """Settings of `rise evaluate`.
 
     Args:
-        model: a local model folder or a Hugging Face Hub id.
+        model: a local model folder, a .gguf file or a Hugging Face Hub id.
+        chat_template: a Jinja file or text replacing the model's chat template.
         task / task_options: the task and its options (e.g. {"max_steps": 5} for arith).
         split / limit: which problems; the first `limit` of the split (all when None).
         turns: K, the number of turns (and of parallel samples for the baselines).
@@ -47,6 +48,7 @@ class EvaluateConfig:
     """
 
     model: str
+    chat_template: str | None = None
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
     split: str = "test"
@@ -118,7 +120,11 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
         return EvaluateResult(Metrics.from_dict(json.loads(metrics_path.read_text())), episodes)
     if todo and engine is None:  # load before writing anything: a bad model leaves no folder
         engine = HFEngine.load(
-            config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            chat_template=config.chat_template,
+            batch_size=config.batch_size,
         )
     if out and not (out / "config.json").exists():
         write_run_record(out, _settings(config))

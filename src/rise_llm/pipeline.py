@@ -34,13 +34,15 @@ from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
 from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
+from rise_llm.tasks import TASKS
 
 # Settings a run fills in for every stage itself; a section must not set them.
+_SAMPLING = {"model", "chat_template", "out", "task", "task_options", "device", "dtype"}
 _RUN_OWNED = {
-    "collect": {"model", "out", "task", "task_options", "device", "dtype", "batch_size"},
+    "collect": _SAMPLING | {"batch_size"},
     "data": {"episodes", "out"},
-    "train": {"model", "data", "out", "device"},
-    "evaluate": {"model", "out", "task", "task_options", "device", "dtype", "batch_size"},
+    "train": {"model", "chat_template", "data", "out", "device"},
+    "evaluate": _SAMPLING | {"batch_size"},
 }
 
 
@@ -59,7 +61,9 @@ class RunConfig:
     """Settings of `rise run`.
 
     Args:
-        base_model: the model RISE starts from (folder or Hub id).
+        base_model: the model RISE starts from (folder, .gguf file or Hub id).
+        chat_template: a Jinja file or text replacing the base model's chat template, for
+            every stage (trained models save it, so sampling and training always agree).
         out: the run folder.
         task / task_options: the task for collection and evaluation.
         iterations: how many RISE iterations (the paper runs 1-2).
@@ -73,6 +77,7 @@ class RunConfig:
 
     base_model: str
     out: str
+    chat_template: str | None = None
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
     iterations: int = 2
@@ -89,6 +94,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise RiseError(f"run: iterations must be at least 1, got {self.iterations}")
+        if self.task not in TASKS:
+            raise RiseError(f"run: unknown task {self.task!r}; available: {', '.join(TASKS)}")
         if self.start_from not in ("previous", "base"):
             raise RiseError(
                 f"run: start_from must be 'previous' or 'base', got {self.start_from!r}"
@@ -120,6 +127,7 @@ class RunConfig:
             {
                 **settings,
                 "model": self.model_of(k - 1),
+                "chat_template": self.chat_template,
                 "out": str(self.root / f"iter{k}" / "collect"),
                 "task": self.task,
                 "task_options": self.task_options,
@@ -149,6 +157,7 @@ class RunConfig:
                 "seed": self.seed + k,
                 **self.train,
                 "model": start,
+                "chat_template": self.chat_template,
                 "data": [str(self.root / f"iter{k}" / "data")],
                 "out": str(self.root / f"iter{k}" / "train"),
                 "device": "cpu" if self.device == "cpu" else "auto",
@@ -164,6 +173,7 @@ class RunConfig:
                 "seed": self.seed,
                 **self.evaluate,
                 "model": self.model_of(iteration),
+                "chat_template": self.chat_template,
                 "out": str(self.root / label / "eval"),
                 "task": self.task,
                 "task_options": self.task_options,
