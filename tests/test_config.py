@@ -4,6 +4,7 @@ run config (every shipped config must load).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from rise_llm.config import apply_overrides, build, load_yaml
 from rise_llm.errors import RiseError
 from rise_llm.pipeline import RunConfig, load_run_config
+from rise_llm.tasks import get_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -193,6 +195,10 @@ BASE = "base_model: ./toy\nout: runs/test\n"
         ("evaluate:\n  turns: 0\n", ["evaluate", "turns"]),
         ("data:\n  criteria: nope\n", ["data", "criteria", "nope"]),
         ("data:\n  tau: 0\n", ["data", "tau"]),
+        ("task: nope\n", ["unknown task 'nope'", "arith"]),
+        ("train:\n  chat_template: t.jinja\n", ["train.chat_template", "set by the run"]),
+        ("evaluate:\n  chat_template: t.jinja\n", ["evaluate.chat_template", "set by the run"]),
+        ("train:\n  scheduler: cosin\n", ["train", "unknown scheduler 'cosin'"]),
     ],
 )
 def test_load_run_config_bad_values_name_the_field(tmp_path, extra, words):
@@ -202,13 +208,45 @@ def test_load_run_config_bad_values_name_the_field(tmp_path, extra, words):
         assert word in str(info.value)
 
 
-def test_shipped_configs_load():
-    paths = sorted(CONFIGS.glob("*.yaml"))
-    assert paths, f"no configs/*.yaml in {CONFIGS}"
-    for path in paths:
-        first = path.read_text().splitlines()[0]
-        assert first == f"# rise run configs/{path.name}", "each config starts with its command"
-        cfg = load_run_config(path)
-        assert cfg.base_model and cfg.out, path
-        for k in range(1, cfg.iterations + 1):
-            cfg.data_config(k)  # the only section not built at load
+def test_the_run_chat_template_reaches_every_stage(tmp_path):
+    cfg = load_run_config(write(tmp_path, VALID + "chat_template: t.jinja\n"))
+    assert cfg.collect_config(1).chat_template == "t.jinja"
+    assert cfg.train_config(1).chat_template == "t.jinja"
+    assert cfg.evaluate_config("iter1").chat_template == "t.jinja"
+
+
+SHIPPED = sorted(p for p in CONFIGS.rglob("*") if p.is_file())
+
+
+def test_every_shipped_file_is_a_run_config_or_a_deepspeed_config():
+    assert SHIPPED, f"nothing in {CONFIGS}"
+    for path in SHIPPED:
+        relative = path.relative_to(CONFIGS).as_posix()
+        assert path.suffix == ".yaml" or relative.startswith("deepspeed/"), relative
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in SHIPPED if p.suffix == ".yaml"],
+    ids=lambda p: p.name,
+)
+def test_shipped_run_config_loads_and_validates(path):
+    first = path.read_text().splitlines()[0]
+    assert first == f"# rise run configs/{path.name}", "each config starts with its command"
+    cfg = load_run_config(path)
+    assert cfg.base_model and cfg.out, path
+    get_task(cfg.task, **cfg.task_options)  # the task and its options exist
+    for k in range(1, cfg.iterations + 1):
+        cfg.data_config(k)  # the only section not built at load
+        train = cfg.train_config(k)
+        if train.deepspeed:  # shipped references point at shipped files
+            assert (CONFIGS.parent / train.deepspeed).is_file(), train.deepspeed
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.suffix == ".json"], ids=lambda p: p.name)
+def test_shipped_deepspeed_configs_parse(path):
+    settings = json.loads(path.read_text())
+    assert settings["zero_optimization"]["stage"] in (1, 2, 3)
+    # "auto" lets the Trainer fill in the batch, accumulation and precision of TrainConfig
+    assert settings["train_micro_batch_size_per_gpu"] == "auto"
+    assert settings["gradient_accumulation_steps"] == "auto"

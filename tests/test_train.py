@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rise_llm.chat import IGNORE_INDEX
 from rise_llm.errors import RiseError
 from rise_llm.records import TrainingExample, write_jsonl
 from rise_llm.tasks.arith import ArithTask
 from rise_llm.tasks.base import REFERENCE_RETRY
-from rise_llm.train import ExampleDataset, PadCollator, TrainConfig, run, weighted_nll
+from rise_llm.train import (
+    ExampleDataset,
+    PadCollator,
+    TrainConfig,
+    run,
+    training_arguments,
+    weighted_nll,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 LN2, LN3 = math.log(2), math.log(3)
 X = IGNORE_INDEX
@@ -138,3 +151,98 @@ def test_dataset_marks_only_the_last_turn_and_collates(tiny_engine):
         normalize_weights=True,
     )
     assert [it["weight"] for it in normalized.items] == pytest.approx([4 / 3, 2 / 3])
+
+
+REFERENCE = dict(model="m", data=["d"], out="o")
+
+
+def test_defaults_are_the_reference_hyper_parameters():
+    """METHOD.md, "Training": lr 1e-5, cosine, warmup 4%, max length 2048, no weight decay."""
+    config = TrainConfig(**REFERENCE)
+    assert (config.lr, config.scheduler, config.warmup_ratio) == (1e-5, "cosine", 0.04)
+    assert (config.max_length, config.weight_decay, config.lora) == (2048, 0.0, False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"scheduler": "cosin"}, "unknown scheduler 'cosin'; choose linear, cosine"),
+        ({"warmup_ratio": 4.0}, r"warmup_ratio is a fraction of the steps in \[0, 1\), got 4.0"),
+        ({"warmup_ratio": -0.1}, "warmup_ratio"),
+        ({"grad_accum": 0}, "grad_accum must be at least 1"),
+        ({"deepspeed": "z.json", "fsdp_config": {"version": 2}}, "deepspeed or fsdp_config"),
+    ],
+)
+def test_bad_settings_say_how_to_fix_them(settings, message):
+    with pytest.raises(RiseError, match=message):
+        TrainConfig(**REFERENCE, **settings)
+
+
+def test_bf16_is_auto_or_a_boolean():
+    from rise_llm.config import build
+
+    assert build(TrainConfig, {**REFERENCE, "bf16": True}, "t").bf16 is True
+    with pytest.raises(RiseError, match=r"t\.bf16"):
+        build(TrainConfig, {**REFERENCE, "bf16": "sometimes"}, "t")
+
+
+def test_settings_reach_the_trainer_arguments(tmp_path):
+    config = TrainConfig(
+        model="m",
+        data=["d"],
+        out=str(tmp_path),
+        scheduler="linear",
+        warmup_ratio=0.1,
+        batch_size=1,
+        grad_accum=16,
+        gradient_checkpointing=True,
+        weight_decay=0.01,
+        device="cpu",
+    )
+    args = training_arguments(config, bf16=True)
+    assert (args.lr_scheduler_type.value, args.warmup_steps) == ("linear", 0.1)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 16)
+    assert args.activation_checkpointing and args.bf16 and args.weight_decay == 0.01
+    assert args.output_dir == str(tmp_path / "checkpoints")
+    assert not args.fsdp and args.deepspeed is None
+    fsdp = training_arguments(
+        TrainConfig(**REFERENCE, fsdp_config={"reshard_after_forward": False}), bf16=False
+    )
+    assert fsdp.fsdp and fsdp.fsdp_config["reshard_after_forward"] is False
+
+
+def test_deepspeed_and_fsdp_files_must_exist(tmp_path, monkeypatch):
+    with pytest.raises(RiseError, match=r"deepspeed config 'nope\.json' does not exist"):
+        training_arguments(TrainConfig(**REFERENCE, deepspeed="nope.json"), bf16=True)
+    with pytest.raises(RiseError, match=r"fsdp_config file 'nope\.json' does not exist"):
+        training_arguments(TrainConfig(**REFERENCE, fsdp_config="nope.json"), bf16=True)
+    shipped = CONFIGS / "deepspeed" / "zero3.json"
+    assert json.loads(shipped.read_text())["zero_optimization"]["stage"] == 3
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a),
+    )
+    with pytest.raises(RiseError, match="pip install deepspeed"):
+        training_arguments(TrainConfig(**REFERENCE, deepspeed=str(shipped)), bf16=True)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_trains(tmp_path, tiny_model_dir, lora):
+    out = _train(tmp_path, tiny_model_dir, weight=12.18, gradient_checkpointing=True, lora=lora)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_configured_chat_template_is_used_and_saved(tmp_path, tiny_model_dir):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    template = (bare / "chat_template.jinja").read_text()
+    (bare / "chat_template.jinja").unlink()
+    with pytest.raises(RiseError, match="has no chat template"):
+        _train(tmp_path, bare, weight=1.0)
+    shutil.rmtree(tmp_path / "data")
+    out = _train(tmp_path, bare, weight=1.0, chat_template=template)
+    assert AutoTokenizer.from_pretrained(out).chat_template == template

@@ -58,6 +58,8 @@ def check_settings(
 
     Rerunning a command into the same folder resumes it only with the same settings; anything
     else would mix two runs in one folder. Fields in `may_grow` may increase (more iterations).
+    A setting that an older record lacks counts as unchanged while it is off (None or False),
+    so folders written before an opt-in setting existed still resume.
     """
     previous = read_run_config(out, name)
     if previous is None:
@@ -67,6 +69,7 @@ def check_settings(
         for k in settings.keys() | previous.keys()
         if settings.get(k) != previous.get(k)
         and not (k in may_grow and settings.get(k, 0) >= previous.get(k, 0))
+        and not (k not in previous and settings[k] in (None, False))
     )
     if changed:
         grow = f" (only {', '.join(may_grow)} may grow)" if may_grow else ""

@@ -3,28 +3,30 @@
 Loss = mean over the batch of weight x (mean token NLL of the example's trained turn); earlier
 turns are context with zero loss (METHOD.md, "Training"). Labels come from
 `chat.encode_conversation`, the same template code that renders sampling prompts. Full
-fine-tuning or LoRA (PEFT); gradient accumulation, bf16, `report_to` and distributed launch are
-the Trainer's own. Checkpoints are
+fine-tuning or LoRA (PEFT); gradient accumulation, bf16, gradient checkpointing, `report_to`,
+DeepSpeed, FSDP and distributed launch are the Trainer's own, passed through. Checkpoints are
 saved as training goes, so rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
-from rise_llm.chat import IGNORE_INDEX, check_chat_template, encode_conversation
+from rise_llm.chat import IGNORE_INDEX, encode_conversation
 from rise_llm.data import DATA
-from rise_llm.engines.hf import load_tokenizer
+from rise_llm.engines.hf import load_causal_lm, load_tokenizer
 from rise_llm.errors import RiseError
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, versions
@@ -32,6 +34,7 @@ from rise_llm.records import TrainingExample, read_stage_outputs
 
 MODEL_DIR = "model"
 TRAIN_RECORD = "train.json"
+SCHEDULERS = tuple(s.value for s in SchedulerType)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class TrainConfig:
     """Settings of `rise train`. Defaults are the reference hyper-parameters for 7B models.
 
     Args:
-        model: the model to start from (folder or Hub id).
+        model: the model to start from (folder, Hub id or .gguf file).
         data: data folders (or data.jsonl files) from `rise build-data`; concatenated.
         out: output folder; the trained model goes to out/model.
         lr / scheduler / warmup_ratio / weight_decay: optimiser (reference: 1e-5, cosine, 4%).
@@ -51,7 +54,17 @@ class TrainConfig:
             instead of all weights; the saved model has the adapters merged in.
         normalize_weights: divide weights by their mean over the data (off in the reference).
         group_by_length: batch examples of similar length (less padding).
-        bf16: "auto" uses bfloat16 on a GPU that supports it.
+        bf16: bfloat16 weights and compute; "auto" uses it on a GPU that supports it. Without
+            DeepSpeed the optimiser updates the bfloat16 weights directly (no float32 master
+            copy: half the memory, coarser updates); DeepSpeed keeps float32 master weights.
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
+        deepspeed: a DeepSpeed JSON config, e.g. configs/deepspeed/zero3.json (ZeRO-3, the
+            reference's); needs `pip install deepspeed`, and `accelerate launch` or `deepspeed`
+            to start one process per GPU.
+        fsdp_config: FSDP settings (a dict or a JSON file, TrainingArguments.fsdp_config);
+            enables FSDP, started like DeepSpeed.
+        chat_template: a Jinja file or text replacing the model's chat template; it is saved
+            with the trained model, so later stages sample with the same template.
         report_to: Trainer loggers, e.g. ["tensorboard"] or ["wandb"]; ["none"] for none.
         save_steps: steps between resumable checkpoints.
         seed: data order and initialisation of new weights.
@@ -77,7 +90,11 @@ class TrainConfig:
     lora_targets: str | list[str] = "all-linear"
     normalize_weights: bool = False
     group_by_length: bool = True
-    bf16: str | bool = "auto"
+    bf16: Literal["auto"] | bool = "auto"
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    fsdp_config: str | dict[str, Any] | None = None
+    chat_template: str | None = None
     report_to: list[str] = field(default_factory=lambda: ["none"])
     logging_steps: int = 10
     save_steps: int = 200
@@ -90,6 +107,16 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise RiseError(f"train: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RiseError(
+                f"train: warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise RiseError(
+                f"train: unknown scheduler {self.scheduler!r}; choose {', '.join(SCHEDULERS)}"
+            )
+        if self.deepspeed and self.fsdp_config:
+            raise RiseError("train: give deepspeed or fsdp_config, not both")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise RiseError("train: give epochs > 0 or max_steps > 0")
         if not self.data:
@@ -199,6 +226,45 @@ def _settings(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k != "out"}
 
 
+def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
+    """The Trainer's arguments for `config` (checkpoints under out/checkpoints)."""
+    if config.deepspeed:
+        if not Path(config.deepspeed).is_file():
+            raise RiseError(f"train: deepspeed config {config.deepspeed!r} does not exist")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise RiseError("train: deepspeed is set but not installed; pip install deepspeed")
+    if isinstance(config.fsdp_config, str) and not Path(config.fsdp_config).is_file():
+        raise RiseError(f"train: fsdp_config file {config.fsdp_config!r} does not exist")
+    return TrainingArguments(
+        output_dir=str(Path(config.out) / "checkpoints"),
+        learning_rate=config.lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        bf16=bf16,
+        activation_checkpointing=config.gradient_checkpointing,
+        deepspeed=config.deepspeed,
+        fsdp=bool(config.fsdp_config),
+        fsdp_config=config.fsdp_config,
+        report_to=config.report_to,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        use_cpu=config.device == "cpu",
+        disable_tqdm=False,
+        dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
+    )
+
+
 def run(config: TrainConfig) -> Path:
     """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
     out = Path(config.out)
@@ -207,8 +273,7 @@ def run(config: TrainConfig) -> Path:
         console.print(f"train: already done in {out}")
         return out / MODEL_DIR
     examples = load_examples(config.data)
-    tokenizer = load_tokenizer(config.model)
-    check_chat_template(tokenizer, f"model {config.model!r}")
+    tokenizer = load_tokenizer(config.model, config.chat_template)
     dataset = ExampleDataset(examples, tokenizer, config.max_length, config.normalize_weights)
     if not len(dataset):
         raise RiseError(f"train: every example is longer than max_length={config.max_length}")
@@ -217,9 +282,10 @@ def run(config: TrainConfig) -> Path:
             f"train: dropped {dataset.dropped} examples longer than {config.max_length} tokens"
         )
     bf16 = _use_bf16(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        config.model, dtype=torch.bfloat16 if bf16 else torch.float32
-    )
+    # before the model: DeepSpeed ZeRO-3 partitions the weights as they load only when the
+    # Trainer's arguments exist first
+    args = training_arguments(config, bf16)
+    model = load_causal_lm(config.model, torch.bfloat16 if bf16 else torch.float32)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -233,30 +299,6 @@ def run(config: TrainConfig) -> Path:
                 task_type="CAUSAL_LM",
             ),
         )
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        learning_rate=config.lr,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        bf16=bf16,
-        report_to=config.report_to,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        seed=config.seed,
-        data_seed=config.seed,
-        remove_unused_columns=False,
-        use_cpu=config.device == "cpu",
-        disable_tqdm=False,
-        dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
-    )
     trainer = RWRTrainer(
         model=model,
         args=args,
