@@ -91,7 +91,8 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command", ["evaluate", "collect", "build-data", "train", "run", "demo", "toy-model"]
+    "command",
+    ["evaluate", "collect", "merge", "build-data", "train", "run", "demo", "toy-model"],
 )
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -122,6 +122,12 @@ def _collect(args: argparse.Namespace) -> None:
     run(config_from_flags(CollectConfig, args, "collect"))
 
 
+def _merge(args: argparse.Namespace) -> None:
+    from rise_llm.merge import MergeConfig, run
+
+    run(config_from_flags(MergeConfig, args, "merge"))
+
+
 def _build_data(args: argparse.Namespace) -> None:
     from rise_llm.data import BuildDataConfig, build
 
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rise_llm.data import BuildDataConfig
     from rise_llm.demo import DemoConfig
     from rise_llm.evaluate import EvaluateConfig
+    from rise_llm.merge import MergeConfig
     from rise_llm.toy_model import ToyModelConfig
     from rise_llm.train import TrainConfig
 
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
             CollectConfig,
             _collect,
         ),
+        ("merge", "join the shards of a `collect --shard I/N` collection", MergeConfig, _merge),
         ("build-data", "weighted training examples from collections", BuildDataConfig, _build_data),
         ("train", "reward-weighted fine-tuning (full or LoRA)", TrainConfig, _train),
     ]

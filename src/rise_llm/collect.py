@@ -10,7 +10,8 @@ set under other criteria without sampling again.
 
 Problems are processed in chunks; turn t of all episodes of a chunk is one batched engine call.
 Each finished chunk is appended to `episodes.jsonl`, so a rerun after a kill skips the problems
-already collected: nothing is lost or duplicated.
+already collected: nothing is lost or duplicated. `--shard I/N` collects only part I of N of the
+problems, so N processes or hosts can share a collection; `rise merge` joins their folders.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rise_llm.engines.base import Engine, SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.errors import check_at_least, check_context_window
+from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import (
@@ -41,6 +43,10 @@ from rise_llm.tasks import get_task
 from rise_llm.tasks.base import Task
 
 EPISODES = "episodes.jsonl"
+WHOLE = "0/1"
+"""The shard of an unsharded collection: part 0 of 1."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,11 +54,12 @@ class CollectConfig:
     """Settings of `rise collect`.
 
     Args:
-        model: the learner (a model folder, .gguf file or Hub id).
-        chat_template: a Jinja file or text replacing the learner's chat template.
+        model: the learner (a model folder or Hub id).
         teacher: a stronger model for the improved responses (distillation); None means
-            best-of-N from the learner itself (self-distillation). It keeps its own template.
+            best-of-N from the learner itself (self-distillation).
         task / task_options / split / limit: the training problems (first `limit` of the split).
+        shard: I/N collects only part I of N of those problems (positions I, I+N, I+2N, ...,
+            counted from 0), for N processes or hosts; join the N out folders with `rise merge`.
         turns: T, the most turns per episode (reference: 2).
         samples: N, samples per improved state, the best kept (reference: 16).
         context_window: W for the prompts during collection (default: T, the whole episode).
@@ -66,12 +73,12 @@ class CollectConfig:
 
     model: str
     out: str
-    chat_template: str | None = None
     teacher: str | None = None
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
     split: str = "train"
     limit: int | None = 2000
+    shard: str = WHOLE
     turns: int = 2
     samples: int = 16
     context_window: int | None = None
@@ -91,6 +98,36 @@ class CollectConfig:
         if self.context_window is None:
             self.context_window = self.turns
         check_context_window("collect", self.context_window, self.turns)
+        parse_shard(self.shard)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """(I, N) from "I/N": part I of N, counted from 0.
+
+    >>> parse_shard("2/8")
+    (2, 8)
+    """
+    index, _, count = spec.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(count) >= 1):
+        raise RiseError(
+            f"collect: shard must be I/N, part I of N counted from 0 (e.g. 0/4), got {spec!r}"
+        )
+    i, n = int(index), int(count)
+    if i >= n:
+        raise RiseError(
+            f"collect: shard {spec} does not exist; the {n} shards are 0/{n} to {n - 1}/{n}"
+        )
+    return i, n
+
+
+def shard_problems(items: Sequence[T], spec: str) -> list[T]:
+    """The items of shard `spec`, round robin so every shard gets an even mix of the list.
+
+    >>> shard_problems(list("abcdefg"), "1/3")
+    ['b', 'e']
+    """
+    i, n = parse_shard(spec)
+    return list(items[i::n])
 
 
 def is_degenerate(text: str, max_word_repeats: int = 150) -> bool:
@@ -164,7 +201,10 @@ def collect_chunk(
 
 
 def _settings(config: CollectConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "chunk_size")}
+    settings = dataclasses.asdict(config)
+    if settings["shard"] == WHOLE:  # unsharded folders record no shard, as before sharding
+        del settings["shard"]
+    return {k: v for k, v in settings.items() if k not in ("out", "chunk_size")}
 
 
 def run(
@@ -173,22 +213,19 @@ def run(
     """Collect (or finish collecting) episodes into `config.out`; returns all of them."""
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
+    mine = shard_problems(problems, config.shard)
     out = Path(config.out)
     settings = _settings(config)
     previous = check_settings(out, settings, "a collection")
     path = out / EPISODES
     done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}
-    todo = [p for p in problems if p.id not in have]
+    todo = [p for p in mine if p.id not in have]
     if not todo:
-        console.print(f"collect: all {len(problems)} problems already in {path}")
+        console.print(f"collect: all {len(mine)} problems already in {path}")
         return done
     learner = learner or HFEngine.load(
-        config.model,
-        device=config.device,
-        dtype=config.dtype,
-        chat_template=config.chat_template,
-        batch_size=config.batch_size,
+        config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
     )
     if config.teacher and teacher is None:
         teacher = HFEngine.load(
@@ -203,17 +240,18 @@ def run(
         seed=config.seed,
     )
     if done:
-        console.print(f"collect: resuming, {len(done)} of {len(problems)} problems already done")
+        console.print(f"collect: resuming, {len(done)} of {len(mine)} problems already done")
     start = time.perf_counter()
     for c in range(0, len(todo), config.chunk_size):
         chunk = todo[c : c + config.chunk_size]
-        # the seed depends on the chunk's first problem, so a resumed run samples as a fresh one
+        # the seed depends on the chunk's first problem (its place in the unsharded list), so a
+        # resumed run samples as a fresh one and no two shards share a seed
         chunk_params = params.with_seed(params.seed + problems.index(chunk[0]))
         new = collect_chunk(learner, teacher or learner, task, chunk, config, chunk_params)
         write_jsonl(path, new, append=True)
         done.extend(new)
         console.print(
-            f"collect: {len(done)}/{len(problems)} problems "
+            f"collect: {len(done)}/{len(mine)} problems "
             f"({(c + len(chunk)) / (time.perf_counter() - start):.1f} problems/s)"
         )
     print_collection_summary(done)

@@ -23,15 +23,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rise_llm.collect import EPISODES
 from rise_llm.errors import RiseError
+from rise_llm.merge import read_collections
 from rise_llm.provenance import write_run_record
-from rise_llm.records import (
-    CollectedEpisode,
-    TrainingExample,
-    read_stage_outputs,
-    write_jsonl,
-)
+from rise_llm.records import CollectedEpisode, TrainingExample, write_jsonl
 from rise_llm.report import stdout
 
 CRITERIA = ("all", "better", "best", "success")
@@ -111,7 +106,8 @@ def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> li
 
 
 def load_episodes(sources: Sequence[str]) -> list[CollectedEpisode]:
-    return read_stage_outputs(sources, EPISODES, CollectedEpisode, "run `rise collect` first")
+    """The episodes of collection folders; the shards of a sharded one must all be there."""
+    return read_collections(sources)
 
 
 def build(config: BuildDataConfig) -> list[TrainingExample]:
