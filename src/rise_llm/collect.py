@@ -54,9 +54,10 @@ class CollectConfig:
     """Settings of `rise collect`.
 
     Args:
-        model: the learner (a model folder or Hub id).
+        model: the learner (a model folder, .gguf file or Hub id).
+        chat_template: a Jinja file or text replacing the learner's chat template.
         teacher: a stronger model for the improved responses (distillation); None means
-            best-of-N from the learner itself (self-distillation).
+            best-of-N from the learner itself (self-distillation). It keeps its own template.
         task / task_options / split / limit: the training problems (first `limit` of the split).
         shard: I/N collects only part I of N of those problems (positions I, I+N, I+2N, ...,
             counted from 0), for N processes or hosts; join the N out folders with `rise merge`.
@@ -73,6 +74,7 @@ class CollectConfig:
 
     model: str
     out: str
+    chat_template: str | None = None
     teacher: str | None = None
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -225,7 +227,11 @@ def run(
         console.print(f"collect: all {len(mine)} problems already in {path}")
         return done
     learner = learner or HFEngine.load(
-        config.model, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+        config.model,
+        device=config.device,
+        dtype=config.dtype,
+        chat_template=config.chat_template,
+        batch_size=config.batch_size,
     )
     if config.teacher and teacher is None:
         teacher = HFEngine.load(
