@@ -27,3 +27,12 @@ def tiny_engine(tiny_model_dir):
     from rise_llm.engines.hf import HFEngine
 
     return HFEngine.load(str(tiny_model_dir), device="cpu", dtype="float32", batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The benchmark files in ../shared/data (beside the repository; never copied into it)."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (path / "gsm8k" / "test.jsonl").exists():
+        pytest.skip(f"benchmark data not found at {path} (see ../shared/data/README.md)")
+    return path
