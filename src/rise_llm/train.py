@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
 from rise_llm.chat import IGNORE_INDEX, encode_conversation
 from rise_llm.data import DATA
@@ -259,10 +260,37 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,
-        use_cpu=config.device == "cpu",
+        use_cpu=_train_on_cpu(config),
         disable_tqdm=False,
         dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
     )
+
+
+def _train_on_cpu(config: TrainConfig) -> bool:
+    """`device: cpu`, or several processes launched (`accelerate launch`, `torchrun`) on a
+    machine without a GPU: they then join one gloo process group, where the Trainer would
+    otherwise run them as unrelated single-process trainings, each on all the data."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return config.device == "cpu" or (several and not torch.cuda.is_available())
+
+
+def _save_model(trainer: Trainer, config: TrainConfig, folder: Path, dtype: torch.dtype) -> None:
+    """Write the trained model to `folder` as a standard model; every process must call this.
+
+    Under DeepSpeed ZeRO-3 or FSDP each process holds a part of the weights: `save_model`
+    gathers them and only the main process writes. LoRA adapters are saved the same way (to
+    out/adapter), then merged into the base model by the main process.
+    """
+    if not config.lora:
+        trainer.save_model(str(folder))
+        return
+    adapter = folder.parent / "adapter"
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
+        from peft import PeftModel
+
+        base = load_causal_lm(config.model, dtype)
+        PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(folder)
 
 
 def run(config: TrainConfig) -> Path:
@@ -282,10 +310,11 @@ def run(config: TrainConfig) -> Path:
             f"train: dropped {dataset.dropped} examples longer than {config.max_length} tokens"
         )
     bf16 = _use_bf16(config)
+    dtype = torch.bfloat16 if bf16 else torch.float32
     # before the model: DeepSpeed ZeRO-3 partitions the weights as they load only when the
     # Trainer's arguments exist first
     args = training_arguments(config, bf16)
-    model = load_causal_lm(config.model, torch.bfloat16 if bf16 else torch.float32)
+    model = load_causal_lm(config.model, dtype)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -305,15 +334,15 @@ def run(config: TrainConfig) -> Path:
         train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
     )
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
+    checkpoints = out / "checkpoints"
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        console.print(f"train: resuming from {resume}")
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
-    final = trainer.model
-    if config.lora:
-        final = final.merge_and_unload()
-    if trainer.is_world_process_zero():
-        final.save_pretrained(out / MODEL_DIR)
+    _save_model(trainer, config, out / MODEL_DIR, dtype)
+    if trainer.is_world_process_zero():  # one writer under `accelerate launch`
         tokenizer.save_pretrained(out / MODEL_DIR)
         record = {
             "config": _settings(config),
