@@ -12,6 +12,7 @@ from rise_llm.metrics import (
     MAJORITY_RULE,
     Metrics,
     compute_metrics,
+    majority_answer,
     majority_correct,
     transition_counts,
 )
@@ -62,6 +63,21 @@ def episode(pid: str, mode: str, attempts: list[tuple[str | None, int]], sample:
 )
 def test_majority_correct(attempts: list[tuple[str | None, int]], expected: bool) -> None:
     assert majority_correct([turn(a, r) for a, r in attempts]) is expected
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        (["4", "5", "5"], "5"),
+        (["5", "4"], "4"),  # a tie goes to the most recent tied answer
+        (["5", "4", "4", "5", "3"], "5"),
+        ([None, "4", None], "4"),  # missing answers do not vote
+        ([None, None], None),
+        ([], None),
+    ],
+)
+def test_majority_answer_is_the_rule_majority_correct_scores(answers, expected) -> None:
+    assert majority_answer([turn(a, W if a else M) for a in answers]) == expected
 
 
 def three_problem_run() -> list[Episode]:

@@ -29,19 +29,24 @@ MAJORITY_RULE = (
 )
 
 
+def majority_answer(attempts: Sequence[Turn]) -> str | None:
+    """The winning answer over `attempts` (in order) by MAJORITY_RULE; None when none voted."""
+    votes = Counter(t.answer for t in attempts if t.answer is not None)
+    if not votes:
+        return None
+    top = max(votes.values())
+    tied = {a for a, c in votes.items() if c == top}
+    return next(t.answer for t in reversed(attempts) if t.answer in tied)
+
+
 def majority_correct(attempts: Sequence[Turn]) -> bool:
     """Whether the majority answer over `attempts` (in order) is correct, by MAJORITY_RULE.
 
     A canonical answer is correct exactly when some attempt giving it was rewarded 1, since the
     verifier maps equal canonical answers to equal rewards.
     """
-    votes = Counter(t.answer for t in attempts if t.answer is not None)
-    if not votes:
-        return False
-    top = max(votes.values())
-    tied = {a for a, c in votes.items() if c == top}
-    winner = next(t.answer for t in reversed(attempts) if t.answer in tied)
-    return any(t.correct for t in attempts if t.answer == winner)
+    winner = majority_answer(attempts)
+    return winner is not None and any(t.correct for t in attempts if t.answer == winner)
 
 
 def _by_problem(episodes: Sequence[Episode], mode: str) -> dict[str, list[Episode]]:
