@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rise_llm.engines.base import Engine, SamplingParams
-from rise_llm.engines.hf import HFEngine
+from rise_llm.engines.load import load_engine
 from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
@@ -54,10 +54,12 @@ class CollectConfig:
     """Settings of `rise collect`.
 
     Args:
-        model: the learner (a model folder, .gguf file or Hub id).
+        model: the learner (a model folder, .gguf file or Hub id, or openai:MODEL[@URL] for
+            a model behind an OpenAI-compatible server).
         chat_template: a Jinja file or text replacing the learner's chat template.
         teacher: a stronger model for the improved responses (distillation); None means
             best-of-N from the learner itself (self-distillation). It keeps its own template.
+            `openai:gpt-3.5-turbo` is the paper's teacher (API key in $OPENAI_API_KEY).
         task / task_options / split / limit: the training problems (first `limit` of the split).
         shard: I/N collects only part I of N of those problems (positions I, I+N, I+2N, ...,
             counted from 0), for N processes or hosts; join the N out folders with `rise merge`.
@@ -69,6 +71,8 @@ class CollectConfig:
             never chosen (reference: 150).
         chunk_size: problems per resumable chunk.
         device / dtype / batch_size: as for `rise evaluate`.
+        engine_options: options of the openai engine, for openai: models (max_concurrency,
+            timeout, max_retries, api_key_env).
         out: output folder (episodes.jsonl, config.json).
     """
 
@@ -93,6 +97,7 @@ class CollectConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 128
+    engine_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_at_least("collect", 1, turns=self.turns, samples=self.samples, limit=self.limit)
@@ -226,16 +231,21 @@ def run(
     if not todo:
         console.print(f"collect: all {len(mine)} problems already in {path}")
         return done
-    learner = learner or HFEngine.load(
+    learner = learner or load_engine(
         config.model,
+        engine_options=config.engine_options,
         device=config.device,
         dtype=config.dtype,
         chat_template=config.chat_template,
         batch_size=config.batch_size,
     )
     if config.teacher and teacher is None:
-        teacher = HFEngine.load(
-            config.teacher, device=config.device, dtype=config.dtype, batch_size=config.batch_size
+        teacher = load_engine(
+            config.teacher,
+            engine_options=config.engine_options,
+            device=config.device,
+            dtype=config.dtype,
+            batch_size=config.batch_size,
         )
     if previous is None:
         write_run_record(out, settings)

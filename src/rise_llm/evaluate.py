@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
-from rise_llm.engines.hf import HFEngine
+from rise_llm.engines.load import load_engine
 from rise_llm.errors import check_at_least, check_context_window
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
@@ -33,7 +33,8 @@ class EvaluateConfig:
     """Settings of `rise evaluate`.
 
     Args:
-        model: a local model folder, a .gguf file or a Hugging Face Hub id.
+        model: a local model folder, a .gguf file or a Hugging Face Hub id, or
+            openai:MODEL[@URL] for a model behind an OpenAI-compatible server.
         chat_template: a Jinja file or text replacing the model's chat template.
         task / task_options: the task and its options (e.g. {"max_steps": 5} for arith).
         split / limit: which problems; the first `limit` of the split (all when None).
@@ -44,6 +45,8 @@ class EvaluateConfig:
         temperature / top_p / max_new_tokens: sampling (max_new_tokens: the task's default).
         device / dtype: "auto" picks CUDA+bfloat16 when available, else CPU+float32.
         batch_size: most sequences the engine generates together.
+        engine_options: options of the openai engine, for openai: models (max_concurrency,
+            timeout, max_retries, api_key_env).
         out: output folder; None keeps results in memory only.
     """
 
@@ -62,6 +65,7 @@ class EvaluateConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 128
+    engine_options: dict[str, Any] | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -119,8 +123,9 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     if not todo and metrics_path and metrics_path.exists():
         return EvaluateResult(Metrics.from_dict(json.loads(metrics_path.read_text())), episodes)
     if todo and engine is None:  # load before writing anything: a bad model leaves no folder
-        engine = HFEngine.load(
+        engine = load_engine(
             config.model,
+            engine_options=config.engine_options,
             device=config.device,
             dtype=config.dtype,
             chat_template=config.chat_template,

@@ -1,0 +1,33 @@
+"""One entry point from a model spec to an engine, for every stage that samples.
+
+`openai:MODEL[@BASE_URL]` samples from an OpenAI-compatible server (`engines/openai.py`);
+anything else is a model folder, file or Hub id loaded in-process with transformers
+(`engines/hf.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rise_llm.engines.base import Engine
+
+
+def is_remote(spec: str) -> bool:
+    """Whether `spec` names a model behind a server (`openai:...`) rather than weights."""
+    from rise_llm.engines.openai import SPEC_PREFIX
+
+    return spec.startswith(SPEC_PREFIX)
+
+
+def load_engine(
+    spec: str, engine_options: dict[str, Any] | None = None, **hf_options: Any
+) -> Engine:
+    """The engine for `spec`. `engine_options` configure the openai engine (`OpenAIOptions`);
+    `hf_options` (device, dtype, batch_size, ...) go to `HFEngine.load` for local models."""
+    if is_remote(spec):
+        from rise_llm.engines.openai import OpenAIEngine
+
+        return OpenAIEngine.from_spec(spec, engine_options)
+    from rise_llm.engines.hf import HFEngine
+
+    return HFEngine.load(spec, **hf_options)
