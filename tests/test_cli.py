@@ -92,7 +92,7 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
 
 @pytest.mark.parametrize(
     "command",
-    ["evaluate", "collect", "merge", "build-data", "train", "run", "demo", "toy-model"],
+    ["evaluate", "collect", "merge", "build-data", "train", "run", "demo", "toy-model", "serve"],
 )
 def test_every_command_prints_its_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -150,6 +150,12 @@ def _run(args: argparse.Namespace) -> None:
     run(load_run_config(args.config, overrides))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from rise_llm.serve import ServeConfig, run
+
+    run(config_from_flags(ServeConfig, args, "serve"))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rise_llm.demo import DemoConfig, run
 
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rise_llm.demo import DemoConfig
     from rise_llm.evaluate import EvaluateConfig
     from rise_llm.merge import MergeConfig
+    from rise_llm.serve import ServeConfig
     from rise_llm.toy_model import ToyModelConfig
     from rise_llm.train import TrainConfig
 
@@ -204,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4"
     )
     run.set_defaults(handler=_run)
+    serve = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible server over a model (optionally RISE over turns)",
+        description=(ServeConfig.__doc__ or "").split("\n")[0],
+    )
+    serve.add_argument("model", help="model folder or Hub id")
+    add_config_flags(serve, ServeConfig, skip=("model",))
+    serve.set_defaults(handler=_serve)
     return parser
 
 
