@@ -10,9 +10,14 @@ One run folder holds everything:
     OUT/iterK/data/          data.jsonl (weighted examples)
     OUT/iterK/train/model/   the trained model (a standard HF folder)
     OUT/iterK/eval/          metrics.json, episodes.jsonl
+    OUT/LABEL/server.log     the server's output, when checkpoints are served (`server:`)
     OUT/summary.json         label -> that model's metrics.json content
     OUT/comparisons.json     each iteration against base, with bootstrap intervals
     OUT/accuracy_by_turn.png
+
+With a `server:` section, each checkpoint is served by its own server process (vLLM, SGLang,
+`rise serve`) while the stages in `server.stages` sample from it through the openai engine;
+the server is stopped before training, so it never holds the GPU the trainer needs.
 
 Every stage skips work it already finished, so rerunning the same command after a crash or a
 kill resumes where it stopped.
@@ -20,6 +25,7 @@ kill resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -28,6 +34,8 @@ from typing import Any
 
 from rise_llm import collect, data, evaluate, train
 from rise_llm.config import build
+from rise_llm.engines.base import Engine
+from rise_llm.engines.served import ServedModel, ServerConfig
 from rise_llm.errors import RiseError
 from rise_llm.metrics import Metrics, rise_claims
 from rise_llm.progress import console
@@ -73,6 +81,9 @@ class RunConfig:
         device / dtype / batch_size: engines and training.
         collect / data / train / evaluate: the stage settings (see `rise collect --help` and
             the config dataclasses); the run fills in models, folders and the task.
+        server: serve each checkpoint with a server command and sample through it
+            (`engines.served.ServerConfig`: command, stages, startup_timeout,
+            engine_options); none samples in-process.
     """
 
     base_model: str
@@ -90,6 +101,7 @@ class RunConfig:
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -109,6 +121,7 @@ class RunConfig:
         self.collect_config(1)
         self.train_config(1)
         self.evaluate_config("base")
+        self.server_config()
 
     @property
     def root(self) -> Path:
@@ -184,6 +197,23 @@ class RunConfig:
             "evaluate",
         )
 
+    def server_config(self) -> ServerConfig:
+        return build(ServerConfig, self.server or {}, "server")
+
+    def served(self, iteration: int) -> contextlib.AbstractContextManager[Engine | None]:
+        """The served checkpoint of `iteration` (started on first use), or None in-process."""
+        server = self.server_config()
+        if server.command is None:
+            return contextlib.nullcontext(None)
+        label = "base" if iteration == 0 else f"iter{iteration}"
+        return ServedModel(
+            server.command,
+            self.model_of(iteration),
+            log=self.root / label / "server.log",
+            startup_timeout=server.startup_timeout,
+            engine_options=server.engine_options,
+        )
+
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """A RunConfig from a YAML file with `a.b=value` overrides applied, validated."""
@@ -198,9 +228,9 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def _evaluate(config: RunConfig, label: str) -> Metrics:
+def _evaluate(config: RunConfig, label: str, engine: Engine | None = None) -> Metrics:
     console.rule(f"[bold]{label}: evaluate")
-    return evaluate.run(config.evaluate_config(label)).metrics
+    return evaluate.run(config.evaluate_config(label), engine).metrics
 
 
 def run(config: RunConfig) -> RunResult:
@@ -210,15 +240,21 @@ def run(config: RunConfig) -> RunResult:
     settings.pop("out")
     check_settings(root, settings, "a run", may_grow=("iterations",))
     write_run_record(root, settings)
-    metrics = {"base": _evaluate(config, "base")}
-    for k in range(1, config.iterations + 1):
-        console.rule(f"[bold]iteration {k}: collect with {config.model_of(k - 1)}")
-        collect.run(config.collect_config(k))
+    stages = config.server_config().stages
+    metrics = {}
+    for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
+        label = "base" if m == 0 else f"iter{m}"
+        with config.served(m) as served:
+            metrics[label] = _evaluate(config, label, served if "evaluate" in stages else None)
+            if m == config.iterations:
+                break
+            k = m + 1
+            console.rule(f"[bold]iteration {k}: collect with {config.model_of(m)}")
+            collect.run(config.collect_config(k), served if "collect" in stages else None)
         console.rule(f"[bold]iteration {k}: build data")
         data.build(config.data_config(k))
         console.rule(f"[bold]iteration {k}: train")
         train.run(config.train_config(k))
-        metrics[f"iter{k}"] = _evaluate(config, f"iter{k}")
     summary = write_summary(config, metrics)
     return RunResult(metrics=metrics, summary=summary)
 
