@@ -16,29 +16,40 @@ REFERENCE_RETRY = "The answer is incorrect. Please try again. Here's the questio
 """The retry message of the authors' reference code; it restates the question."""
 
 
+def fill(template: str, problem: Problem) -> str:
+    """`template` with `{question}` replaced by the problem's text.
+
+    Plain replacement rather than `str.format`, so templates may hold LaTeX braces such as
+    `\\boxed{Your Answer}` and questions may hold anything.
+    """
+    return template.replace("{question}", problem.question)
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How a problem is put to the model.
 
     question_template formats the first user message; retry_template is the feedback sent after
-    an attempt (`{question}` is substituted); system_prompt, when set, opens every conversation.
+    an attempt (`{question}` is substituted in both); system_prompt, when set, opens every
+    conversation; demonstration is a worked example (user and assistant messages) shown before
+    the problem: empty for zero-shot, one pair for the reference one-shot format.
     """
 
     question_template: str = "{question}"
     retry_template: str = REFERENCE_RETRY
     system_prompt: str | None = None
+    demonstration: tuple[Message, ...] = ()
 
     def first_messages(self, problem: Problem) -> list[Message]:
         messages: list[Message] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
-        messages.append(
-            {"role": "user", "content": self.question_template.format(question=problem.question)}
-        )
+        messages.extend(dict(m) for m in self.demonstration)
+        messages.append({"role": "user", "content": fill(self.question_template, problem)})
         return messages
 
     def retry_message(self, problem: Problem) -> Message:
-        return {"role": "user", "content": self.retry_template.format(question=problem.question)}
+        return {"role": "user", "content": fill(self.retry_template, problem)}
 
 
 class Task(Protocol):
