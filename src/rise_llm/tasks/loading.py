@@ -1,0 +1,139 @@
+"""Problem records from a local JSON Lines / Parquet path or from the Hugging Face Hub.
+
+A task's `data` option names the source, resolved in this order:
+
+- an existing folder: the split's file in it, `SPLIT.jsonl` or `SPLIT.parquet` (for example
+  `../shared/data/gsm8k/test.jsonl`);
+- an existing file (`.jsonl` or `.parquet`): its records, whatever split is asked;
+- anything else that looks like a path (starts with `.`, `/` or `~`, or ends in a data file
+  suffix) is an error, since it does not exist;
+- otherwise a Hub dataset id, read with `datasets.load_dataset(id, config, split=SPLIT)`.
+
+Every record carries where it came from (`file:line`, or id, split and row), so a task can say
+exactly which record lacks which field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rise_llm.errors import RiseError
+from rise_llm.records import Problem, iter_jsonl
+
+SUFFIXES = (".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw record of a data source and where it is (`file:line`, or Hub id, split and row)."""
+
+    where: str
+    data: dict[str, Any]
+
+    def text(self, field: str, hint: str = "") -> str:
+        """The field as text (numbers are written out); an error naming the record if missing."""
+        value = self.data.get(field)
+        if value is None:
+            raise RiseError(f"{self.where}: missing field {field!r}{hint}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise RiseError(
+                f"{self.where}: field {field!r} must be text, got {type(value).__name__}"
+            )
+        return str(value)
+
+
+def looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith((*SUFFIXES, ".json"))
+
+
+def split_file(folder: Path, split: str) -> Path | None:
+    """The file of `split` in a data folder, if there is one."""
+    for suffix in SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    return None
+
+
+def has_split(source: str, split: str) -> bool:
+    """Whether a local source holds `split` (a file serves every split); a Hub id is assumed to."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return split_file(path, split) is not None
+    return True
+
+
+def read_file(path: Path) -> list[Record]:
+    """The records of one JSON Lines or Parquet file."""
+    if path.suffix == ".jsonl":
+        return [Record(f"{path}:{lineno}", obj) for lineno, obj in iter_jsonl(path)]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise RiseError(f"{path}: not a readable Parquet file ({e})") from None
+        return [Record(f"{path} row {i}", row) for i, row in enumerate(rows)]
+    raise RiseError(f"{path}: unsupported file type; give a .jsonl or .parquet file")
+
+
+def read_hub(dataset_id: str, split: str, config: str | None = None) -> list[Record]:
+    """The records of one split of a Hugging Face Hub dataset, through `datasets`."""
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(dataset_id, config, split=split)
+    except Exception as e:  # offline, unknown id, unknown split: all end the same way
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RiseError(
+            f"could not load split {split!r} of {dataset_id!r} from the Hugging Face Hub "
+            f"({first}); check the id, or give a local folder or file with data=PATH"
+        ) from None
+    named = f"{dataset_id}:{config}" if config else dataset_id
+    return [Record(f"{named} [{split}] row {i}", dict(row)) for i, row in enumerate(rows)]
+
+
+def load_records(source: str, split: str, config: str | None = None) -> list[Record]:
+    """The records of `split` from a folder, a file or a Hub id (see the module docstring)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = split_file(path, split)
+        if found is None:
+            present = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)
+            raise RiseError(
+                f"{path} has no {split}.jsonl or {split}.parquet for split {split!r}; "
+                f"it holds: {', '.join(present) or 'no data files'}"
+            )
+        return read_file(found)
+    if path.is_file():
+        return read_file(path)
+    if looks_like_path(source):
+        raise RiseError(
+            f"data path {source!r} does not exist; give a folder with {split}.jsonl, "
+            "a .jsonl or .parquet file, or a Hugging Face Hub id"
+        )
+    return read_hub(source, split, config)
+
+
+def problem_id(prefix: str, text: str) -> str:
+    """A stable id from the problem text, the same whichever source or order it came from."""
+    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def unique(problems: Iterable[tuple[Record, Problem]]) -> list[Problem]:
+    """The problems, with an error naming both records when two share an id."""
+    seen: dict[str, Record] = {}
+    out = []
+    for record, problem in problems:
+        if problem.id in seen:
+            raise RiseError(
+                f"{record.where}: problem id {problem.id!r} repeats {seen[problem.id].where} "
+                "(the same question twice?); remove one or give each record its own id"
+            )
+        seen[problem.id] = record
+        out.append(problem)
+    return out
