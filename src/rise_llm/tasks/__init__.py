@@ -1,7 +1,9 @@
 """Task registry: look a task up by name, with its options.
 
-`get_task("arith", max_steps=5)` returns a ready task. Later tasks (GSM8K, MATH, a user's JSONL)
-register here the same way.
+`get_task("gsm8k", data="../shared/data/gsm8k", prompt="zero-shot")` returns a ready task. The
+options are the task dataclass's fields plus the prompt options every task shares (`prompt`,
+`question_template`, `retry_template`, `system_prompt`; see `tasks/prompts.py`), which are
+turned into the task's PromptFormat here.
 """
 
 from __future__ import annotations
@@ -13,8 +15,29 @@ from typing import Any
 from rise_llm.errors import RiseError
 from rise_llm.tasks.arith import ArithTask
 from rise_llm.tasks.base import PromptFormat, Task
+from rise_llm.tasks.gsm8k import GSM8KTask
+from rise_llm.tasks.math import MathTask
+from rise_llm.tasks.prompts import PROMPT_OPTIONS, build_prompt_format
 
-TASKS: dict[str, Callable[..., Task]] = {"arith": ArithTask}
+TASKS: dict[str, Callable[..., Task]] = {
+    "arith": ArithTask,
+    "gsm8k": GSM8KTask,
+    "math": MathTask,
+}
+
+
+def _prompt_format(factory: Callable[..., Task], options: dict[str, Any]) -> PromptFormat:
+    """The task's PromptFormat from the prompt options given (its defaults for the others)."""
+    given = {k: options.pop(k) for k in PROMPT_OPTIONS if k in options}
+    if isinstance(given.get("prompt"), PromptFormat):
+        if len(given) > 1:
+            raise RiseError("give either a PromptFormat as prompt or the prompt options, not both")
+        return given["prompt"]
+    return build_prompt_format(
+        given.pop("prompt", getattr(factory, "PROMPT_STYLE", "zero-shot")),
+        getattr(factory, "ZERO_SHOT_TEMPLATE", "{question}"),
+        **given,
+    )
 
 
 def get_task(name: str, **options: Any) -> Task:
@@ -23,13 +46,16 @@ def get_task(name: str, **options: Any) -> Task:
         raise RiseError(f"unknown task {name!r}; available tasks: {', '.join(sorted(TASKS))}")
     factory = TASKS[name]
     if dataclasses.is_dataclass(factory):
-        known = {f.name for f in dataclasses.fields(factory) if f.init}
+        known = {f.name for f in dataclasses.fields(factory) if f.init} - {"name"}
+        known |= set(PROMPT_OPTIONS)
         unknown = sorted(set(options) - known)
         if unknown:
             raise RiseError(
                 f"task {name!r} has no option(s) {', '.join(unknown)}; "
-                f"its options are: {', '.join(sorted(known - {'name', 'prompt'}))}"
+                f"its options are: {', '.join(sorted(known))}"
             )
+    options = dict(options)
+    options["prompt"] = _prompt_format(factory, options)
     return factory(**options)
 
 
