@@ -16,6 +16,7 @@ from rise_llm.errors import RiseError
 from rise_llm.tasks.arith import ArithTask
 from rise_llm.tasks.base import PromptFormat, Task
 from rise_llm.tasks.gsm8k import GSM8KTask
+from rise_llm.tasks.jsonl import JsonlTask
 from rise_llm.tasks.math import MathTask
 from rise_llm.tasks.prompts import PROMPT_OPTIONS, build_prompt_format
 
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "arith": ArithTask,
     "gsm8k": GSM8KTask,
     "math": MathTask,
+    "jsonl": JsonlTask,
 }
 
 
