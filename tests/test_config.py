@@ -218,16 +218,18 @@ def test_the_run_chat_template_reaches_every_stage(tmp_path):
 SHIPPED = sorted(p for p in CONFIGS.rglob("*") if p.is_file())
 
 
-def test_every_shipped_file_is_a_run_config_or_a_deepspeed_config():
+def test_every_shipped_file_is_a_run_config_or_a_launch_config():
+    """Run configs at the top; DeepSpeed and accelerate configs (test_distributed.py) below."""
     assert SHIPPED, f"nothing in {CONFIGS}"
     for path in SHIPPED:
         relative = path.relative_to(CONFIGS).as_posix()
-        assert path.suffix == ".yaml" or relative.startswith("deepspeed/"), relative
+        run_config = path.suffix == ".yaml" and path.parent == CONFIGS
+        assert run_config or relative.startswith(("deepspeed/", "accelerate/")), relative
 
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in SHIPPED if p.suffix == ".yaml"],
+    [p for p in SHIPPED if p.suffix == ".yaml" and p.parent == CONFIGS],
     ids=lambda p: p.name,
 )
 def test_shipped_run_config_loads_and_validates(path):
