@@ -79,7 +79,7 @@ def test_rise_answers_send_the_retry_message_without_oracle_and_respect_the_wind
     ("template", "text", "question"),
     [
         ("{question}", "What is 1 + 1?", "What is 1 + 1?"),
-        ("Solve: {question}\nEnd with \\boxed{{}}.", "Solve: 3+4\nEnd with \\boxed{}.", "3+4"),
+        ("Solve: {question}\nEnd with \\boxed{}.", "Solve: 3+4\nEnd with \\boxed{}.", "3+4"),
         ("Solve: {question}!", "something else", "something else"),  # not the template: all
     ],
 )
@@ -113,3 +113,12 @@ def test_serve_settings_are_checked(settings, message):
 
 def test_serve_listens_on_loopback_by_default():
     assert ServeConfig(model="m").host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("task", ["arith", "gsm8k", "math"])
+def test_question_of_recovers_the_question_from_each_tasks_first_message(task):
+    from rise_llm.records import Problem
+
+    prompt = get_task(task).prompt
+    problem = Problem(id="p", question=r"What is {x} if x = \frac{1}{2}?", answer="")
+    assert question_of(prompt, prompt.first_messages(problem)[-1]["content"]) == problem.question

@@ -128,9 +128,7 @@ def question_of(prompt: PromptFormat, text: str) -> str:
     '2+2?'
     """
     template = getattr(prompt, "question_template", "{question}")
-    before, _, after = (
-        part.replace("{{", "{").replace("}}", "}") for part in template.partition("{question}")
-    )
+    before, _, after = template.partition("{question}")  # `tasks.base.fill` replaces literally
     fits = len(text) >= len(before) + len(after)
     if fits and text.startswith(before) and text.endswith(after):
         return text[len(before) : len(text) - len(after)]
