@@ -1,0 +1,127 @@
+"""The benchmark scripts (benchmarks/, BENCHMARKS.md) run at a tiny size and write their JSON.
+
+These check that the scripts keep working as the code changes, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(BENCHMARKS / script), "--out", str(out), "--threads", "1"]
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == script.removesuffix(".py")
+    assert {"cpu", "cores", "torch", "torch_threads"} <= set(record["machine"])
+    return record
+
+
+def test_rollout_compares_collection_with_one_call_per_sample(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "rollout.py",
+        tmp_path / "rollout.json",
+        *("--model", str(tiny_model_dir), "--batch-sizes", "2,4", "--problems", "4"),
+        *("--reference-problems", "2", "--samples", "2", "--max-new-tokens", "8"),
+    )
+    assert set(record["ours"]) == {"2", "4"}
+    for r in [record["reference"], *record["ours"].values()]:
+        assert r["generated_tokens"] > 0 and r["tokens_per_s"] > 0 and r["episodes_per_s"] > 0
+    assert record["reference"]["problems"] == 2 and record["ours"]["4"]["problems"] == 4
+    assert record["ours"]["2"]["tokens_ratio"] > 0
+    assert record["settings"]["temperature"] == 1.0
+
+
+def test_machine_reads_the_other_results_for_mfu(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "training.json").write_text(
+        json.dumps(
+            {
+                "parameters": 1000,
+                "rise_train": {"tokens_per_s": 10.0},
+                "raw_loop": {"tokens_per_s": 20.0},
+            }
+        )
+    )
+    record = run_benchmark(
+        "machine.py",
+        tmp_path / "machine.json",
+        "--size",
+        "64",
+        "--reps",
+        "2",
+        "--results",
+        str(results),
+    )
+    peak = record["matmul"]["all_threads"]["best_gflops"]
+    assert peak > 0 and record["matmul"]["one_thread"]["best_gflops"] > 0
+    raw = record["mfu"]["training, raw loop"]
+    assert raw["gflops"] == pytest.approx(6 * 1000 * 20 / 1e9, rel=1e-3)
+    assert raw["mfu"] == pytest.approx(6 * 1000 * 20 / (peak * 1e9), rel=1e-2)
+    assert not any(k.startswith("generation") for k in record["mfu"])  # no rollout.json
+
+
+@pytest.mark.slow
+def test_training_measures_overhead_and_padding(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "training.py",
+        tmp_path / "training.json",
+        *("--model", str(tiny_model_dir), "--collect-problems", "6", "--epochs", "1"),
+        *("--batch-size", "4"),
+    )
+    padding = record["padding"]
+    assert set(padding) == {"grouped", "random", "trained_batches"}
+    # every epoch holds the same real tokens however it is batched
+    assert padding["grouped"]["real_tokens"] == padding["random"]["real_tokens"]
+    assert padding["trained_batches"]["real_tokens"] == record["real_tokens"]
+    assert record["steps"] == padding["grouped"]["batches"]
+    assert record["rise_train"]["seconds"] > 0 and record["raw_loop"]["seconds"] > 0
+    assert record["overhead"] == pytest.approx(
+        record["rise_train"]["seconds"] / record["raw_loop"]["seconds"] - 1, abs=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_scaling_runs_each_size_in_its_own_process(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "scaling.py",
+        tmp_path / "scaling.json",
+        *("--model", str(tiny_model_dir), "--sizes", "2,4", "--samples", "2"),
+        *("--chunk-size", "2"),
+    )
+    sizes = record["sizes"]
+    assert [r["problems"] for r in sizes] == [2, 4]
+    assert [r["size_ratio"] for r in sizes] == [1.0, 2.0]
+    assert all(r["peak_rss_mib"] > 0 and r["seconds"] > 0 for r in sizes)
+
+
+@pytest.mark.slow
+def test_end_to_end_times_every_stage_of_a_run(tiny_model_dir, tmp_path):
+    quick = BENCHMARKS.parent / "configs" / "arith-toy-quick.yaml"
+    record = run_benchmark(
+        "end_to_end.py",
+        tmp_path / "e2e.json",
+        *("--execute", "--config", str(quick), "--model", str(tiny_model_dir)),
+        *("--run-dir", str(tmp_path / "run")),
+    )
+    names = [s["stage"] for s in record["stages"]]
+    assert names[0] == "base: evaluate" and names[-1] == "summary, comparisons, plot"
+    for k in (1, 2):
+        assert [f"iter{k}: {s}" for s in ("collect", "build data", "train", "evaluate")] == [
+            n for n in names if n.startswith(f"iter{k}")
+        ]
+    assert record["uninterrupted"]
+    assert record["run_seconds"] == pytest.approx(sum(s["seconds"] for s in record["stages"]))
+    assert record["run_seconds"] <= record["wall_seconds_measured"] + 1
+    assert record["toy_build_seconds"] > 0
