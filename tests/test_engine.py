@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rise_llm.engines.base import SamplingParams
-from rise_llm.engines.hf import HFEngine, model_source
+from rise_llm.engines.hf import HFEngine, PreallocatedLayer, model_source, preallocated_cache
 from rise_llm.errors import RiseError
 
 CONVS = [
@@ -137,3 +137,21 @@ def test_gguf_file_is_read_from_its_folder(tmp_path):
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         {},
     )
+
+
+def test_preallocated_cache_gives_the_same_tokens(tiny_engine):
+    """The in-place KV cache (the default) generates exactly what transformers' caches do."""
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    assert all(
+        isinstance(layer, PreallocatedLayer) for layer in preallocated_cache(model.config, 8).layers
+    )
+
+    def texts(cache: str, params: SamplingParams) -> list[str]:
+        out = HFEngine(model, tokenizer, cache=cache).generate(CONVS, n=3, params=params)
+        return [s.text for samples in out for s in samples]
+
+    sampled = SamplingParams(max_new_tokens=16, seed=5)
+    assert texts("preallocated", sampled) == texts("dynamic", sampled)
+    assert texts("auto", sampled) == texts("dynamic", sampled)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    assert texts("preallocated", greedy) == texts("static", greedy)
