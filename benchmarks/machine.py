@@ -3,7 +3,8 @@ utilisation (MFU) of the rollout and training figures against it.
 
 Peak: the best of `--reps` timed n x n x n float32 matmuls (2 n^3 FLOPs each), with torch's
 threads (all cores) and with one thread. MFU uses the usual dense-model counts, read from
-benchmarks/results/rollout.json and training.json (run those first; missing ones are skipped):
+benchmarks/results/rollout.json and training.json (run those first; missing ones are skipped),
+against the peak at the thread count each was measured with:
 training 6 x N x tokens (forward + backward), generation 2 x N x tokens. Both leave out
 attention over the context (4 x layers x hidden x context per token, forward), which for the
 toy's short contexts adds a few tens of percent, and count real tokens only (padding and the
@@ -75,21 +76,25 @@ def main() -> None:
     ]
     mfu: dict[str, dict[str, float]] = {}
     results = Path(args.results)
+    peaks = {all_threads["threads"]: peak, 1: one_thread["best_gflops"] * 1e9}
+
+    def peak_of(result: dict) -> float:
+        """The peak at the thread count the result was measured with."""
+        return peaks.get(result.get("machine", {}).get("torch_threads"), peak)
+
     rollout = read(results / "rollout.json")
     if rollout:
-        n = rollout["parameters"]
+        n, top = rollout["parameters"], peak_of(rollout)
         for b, r in rollout["ours"].items():
-            mfu[f"generation, batch {b}"] = flops_record(2 * n, r["tokens_per_s"], peak)
-        mfu["generation, reference"] = flops_record(
-            2 * n, rollout["reference"]["tokens_per_s"], peak
-        )
+            mfu[f"generation, batch {b}"] = flops_record(2 * n, r["tokens_per_s"], top)
+        reference = rollout["reference"]["tokens_per_s"]
+        mfu["generation, reference"] = flops_record(2 * n, reference, top)
     training = read(results / "training.json")
     if training:
-        n = training["parameters"]
-        mfu["training, rise train"] = flops_record(
-            6 * n, training["rise_train"]["tokens_per_s"], peak
-        )
-        mfu["training, raw loop"] = flops_record(6 * n, training["raw_loop"]["tokens_per_s"], peak)
+        n, top = training["parameters"], peak_of(training)
+        for name, key in (("rise train", "rise_train"), ("raw loop", "raw_loop")):
+            rate = training[key]["tokens_per_s"]
+            mfu[f"training, {name}"] = flops_record(6 * n, rate, top)
     for name, r in mfu.items():
         rows.append([name, r["gflops"], None, f"{100 * r['mfu']:.3g}%"])
     harness.print_table(
@@ -115,6 +120,7 @@ def flops_record(flops_per_token: float, tokens_per_s: float, peak: float) -> di
     achieved = flops_per_token * tokens_per_s
     return {
         "tokens_per_s": tokens_per_s,
+        "peak_gflops": round(peak / 1e9, 2),
         "gflops": float(f"{achieved / 1e9:.4g}"),
         "mfu": float(f"{achieved / peak:.4g}"),
     }

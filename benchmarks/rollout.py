@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="auto", help="HFEngine cache: auto, preallocated, ...")
     args = p.parse_args()
     harness.setup(args)
     model_dir = harness.ensure_toy_model(args.model)
@@ -135,7 +136,8 @@ def main() -> None:
     )
     ours = {}
     for b in (int(x) for x in args.batch_sizes.split(",")):
-        ours[b] = measure(HFEngine(model, tokenizer, batch_size=b), task, problems, config, params)
+        engine = HFEngine(model, tokenizer, batch_size=b, cache=args.cache)
+        ours[b] = measure(engine, task, problems, config, params)
         ours[b]["tokens_ratio"] = round(ours[b]["tokens_per_s"] / reference["tokens_per_s"], 1)
         ours[b]["episodes_ratio"] = round(
             ours[b]["episodes_per_s"] / reference["episodes_per_s"], 1
@@ -172,6 +174,7 @@ def main() -> None:
                 "top_p": 1.0,
                 "max_new_tokens": params.max_new_tokens,
                 "seed": args.seed,
+                "cache": args.cache,
             },
             "reference": reference,
             "ours": {str(b): r for b, r in ours.items()},
