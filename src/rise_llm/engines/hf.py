@@ -275,16 +275,48 @@ class HFEngine:
         config = copy.copy(config)
         config.cache_implementation = "static" if static else None
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).to(self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        mask = mask.to(self.device)
+        if cache is not None:
+            self._prefill_shared(input_ids, mask, prompts, cache)
         out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
+            input_ids=input_ids,
+            attention_mask=mask,
             generation_config=config,
             past_key_values=cache,
             tokenizer=self.tokenizer if params.stop else None,
         )
         return out[:, width:].cpu()
+
+    def _prefill_shared(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        prompts: list[list[int]],
+        cache: DynamicCache,
+    ) -> None:
+        """Fill `cache` with the prompts but their last token, once per distinct prompt.
+
+        The n samples of a conversation are adjacent rows with the same prompt: their prefill
+        (most of the work for multi-turn prompts) is done once and the cache rows copied, and
+        `generate` goes on from the last prompt token. Single prompts are left to `generate`.
+        """
+        starts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
+        if len(starts) == len(prompts) or input_ids.shape[1] < 2:
+            return
+        counts = torch.tensor([*starts[1:], len(prompts)]) - torch.tensor(starts)
+        ids, keep = input_ids[starts, :-1], mask[starts, :-1]
+        positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+        self.model(
+            input_ids=ids,
+            attention_mask=keep,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        for layer in cache.layers:
+            layer.repeat_rows(counts.to(self.device))
 
     def _decode(
         self, new_tokens: torch.Tensor, eos: set[int], stop: tuple[str, ...]
@@ -338,6 +370,12 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
+
+    def repeat_rows(self, counts: torch.Tensor) -> None:
+        """Repeat batch row i counts[i] times (one prefilled prompt for its n samples)."""
+        self._keys = self._keys.repeat_interleave(counts, dim=0)
+        self._values = self._values.repeat_interleave(counts, dim=0)
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
 
 def preallocated_cache(config, capacity: int) -> DynamicCache | None:
