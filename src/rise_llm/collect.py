@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rise_llm.engines.base import Engine, SamplingParams
-from rise_llm.engines.load import load_engine
+from rise_llm.engines.load import stage_engine
 from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
@@ -231,22 +231,9 @@ def run(
     if not todo:
         console.print(f"collect: all {len(mine)} problems already in {path}")
         return done
-    learner = learner or load_engine(
-        config.model,
-        engine_options=config.engine_options,
-        device=config.device,
-        dtype=config.dtype,
-        chat_template=config.chat_template,
-        batch_size=config.batch_size,
-    )
+    learner = learner or stage_engine(config)
     if config.teacher and teacher is None:
-        teacher = load_engine(
-            config.teacher,
-            engine_options=config.engine_options,
-            device=config.device,
-            dtype=config.dtype,
-            batch_size=config.batch_size,
-        )
+        teacher = stage_engine(config, config.teacher, chat_template=False)
     if previous is None:
         write_run_record(out, settings)
     params = SamplingParams(

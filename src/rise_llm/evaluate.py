@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rise_llm.engines.base import Engine, SamplingParams
-from rise_llm.engines.load import load_engine
+from rise_llm.engines.load import stage_engine
 from rise_llm.errors import check_at_least, check_context_window
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
@@ -123,14 +123,7 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     if not todo and metrics_path and metrics_path.exists():
         return EvaluateResult(Metrics.from_dict(json.loads(metrics_path.read_text())), episodes)
     if todo and engine is None:  # load before writing anything: a bad model leaves no folder
-        engine = load_engine(
-            config.model,
-            engine_options=config.engine_options,
-            device=config.device,
-            dtype=config.dtype,
-            chat_template=config.chat_template,
-            batch_size=config.batch_size,
-        )
+        engine = stage_engine(config)
     if out and not (out / "config.json").exists():
         write_run_record(out, _settings(config))
     params = SamplingParams(

@@ -31,3 +31,17 @@ def load_engine(
     from rise_llm.engines.hf import HFEngine
 
     return HFEngine.load(spec, **hf_options)
+
+
+def stage_engine(config: Any, spec: str | None = None, chat_template: bool = True) -> Engine:
+    """The engine of a sampling stage's config (evaluate, collect): its model, or `spec`
+    (e.g. a teacher), with the stage's engine options, device, dtype and batch size; the
+    stage's chat template applies to its own model only."""
+    return load_engine(
+        spec or config.model,
+        engine_options=config.engine_options,
+        device=config.device,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        **({"chat_template": config.chat_template} if chat_template else {}),
+    )
