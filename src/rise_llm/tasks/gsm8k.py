@@ -19,7 +19,7 @@ from rise_llm.answers import canonical_number, number_verdict, parse_number
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
-from rise_llm.tasks.loading import Record, load_records, problem_id, unique
+from rise_llm.tasks.loading import LoadedTask, Record, load_records, problem_id, unique
 from rise_llm.tasks.prompts import MATH_ZERO_SHOT, build_prompt_format
 
 DEFAULT_DATA = "openai/gsm8k"
@@ -61,7 +61,7 @@ def to_problem(record: Record) -> tuple[Record, Problem]:
 
 
 @dataclass
-class GSM8KTask:
+class GSM8KTask(LoadedTask):
     """GSM8K from the Hub or local files.
 
     Args:
@@ -76,23 +76,15 @@ class GSM8KTask:
         default_factory=lambda: build_prompt_format(GSM8KTask.PROMPT_STYLE, MATH_ZERO_SHOT)
     )
     name: str = "gsm8k"
-    _cache: dict[str, list[Problem]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
+    SPLITS: ClassVar[tuple[str, ...]] = SPLITS
     PROMPT_STYLE: ClassVar[str] = "one-shot"
     ZERO_SHOT_TEMPLATE: ClassVar[str] = MATH_ZERO_SHOT
     default_max_new_tokens: ClassVar[int] = REFERENCE_MAX_NEW_TOKENS
 
-    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
-        """The problems of `split` in the source's order; the first `limit` when given."""
-        if split not in SPLITS:
-            raise RiseError(f"gsm8k: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        if split not in self._cache:
-            config = self.data_config or ("main" if self.data == DEFAULT_DATA else None)
-            records = load_records(self.data, split, config)
-            self._cache[split] = unique(to_problem(r) for r in records)
-        return self._cache[split][:limit]
+    def _load(self, split: str) -> list[Problem]:
+        config = self.data_config or ("main" if self.data == DEFAULT_DATA else None)
+        return unique(to_problem(r) for r in load_records(self.data, split, config))
 
     def verify(self, problem: Problem, response: str) -> Verdict:
         return number_verdict(response, problem.answer)

@@ -19,14 +19,14 @@ from typing import ClassVar
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
-from rise_llm.tasks.loading import Record, load_records, problem_id, unique
+from rise_llm.tasks.loading import LoadedTask, Record, load_records, problem_id, unique
 from rise_llm.verifiers import Verifier, as_verdict, load_verifier
 
 DEFAULT_MAX_NEW_TOKENS = 1000
 
 
 @dataclass
-class JsonlTask:
+class JsonlTask(LoadedTask):
     """Problems from a JSON Lines file and a verifier function.
 
     Args:
@@ -46,9 +46,6 @@ class JsonlTask:
     prompt: PromptFormat = field(default_factory=PromptFormat)
     name: str = "jsonl"
     _verify: Verifier = field(init=False, repr=False, compare=False)
-    _cache: dict[str, list[Problem]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     default_max_new_tokens: ClassVar[int] = DEFAULT_MAX_NEW_TOKENS
 
@@ -68,11 +65,8 @@ class JsonlTask:
         pid = str(given) if given is not None else problem_id("jsonl", question)
         return record, Problem(id=pid, question=question, answer=answer, meta=dict(record.data))
 
-    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
-        """The problems of `split` in file order; the first `limit` when given."""
-        if split not in self._cache:
-            self._cache[split] = unique(self.to_problem(r) for r in load_records(self.path, split))
-        return self._cache[split][:limit]
+    def _load(self, split: str) -> list[Problem]:
+        return unique(self.to_problem(r) for r in load_records(self.path, split))
 
     def verify(self, problem: Problem, response: str) -> Verdict:
         try:

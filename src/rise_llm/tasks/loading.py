@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, iter_jsonl
@@ -137,3 +137,31 @@ def unique(problems: Iterable[tuple[Record, Problem]]) -> list[Problem]:
         seen[problem.id] = record
         out.append(problem)
     return out
+
+
+@dataclass
+class LoadedTask:
+    """Problems read once per split and kept: the `problems` of the tasks that load data.
+
+    A subclass gives `name`, `_load(split)` (the split's problems in the source's order) and,
+    to refuse other splits with a clear error, `SPLITS`.
+    """
+
+    _cache: dict[str, list[Problem]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    SPLITS: ClassVar[tuple[str, ...] | None] = None
+
+    def _load(self, split: str) -> list[Problem]:
+        raise NotImplementedError
+
+    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
+        """The problems of `split` in the source's order; the first `limit` when given."""
+        if self.SPLITS is not None and split not in self.SPLITS:
+            raise RiseError(
+                f"{self.name}: unknown split {split!r}; choose one of {', '.join(self.SPLITS)}"
+            )
+        if split not in self._cache:
+            self._cache[split] = self._load(split)
+        return self._cache[split][:limit]

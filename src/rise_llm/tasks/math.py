@@ -28,7 +28,14 @@ from rise_llm.errors import RiseError
 from rise_llm.math_equivalence import math_verdict
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
-from rise_llm.tasks.loading import Record, has_split, load_records, problem_id, unique
+from rise_llm.tasks.loading import (
+    LoadedTask,
+    Record,
+    has_split,
+    load_records,
+    problem_id,
+    unique,
+)
 from rise_llm.tasks.prompts import MATH_ZERO_SHOT, build_prompt_format
 
 DEFAULT_DATA = "DigitalLearningGmbH/MATH-lighteval"
@@ -64,7 +71,7 @@ def to_problem(record: Record) -> tuple[Record, Problem]:
 
 
 @dataclass
-class MathTask:
+class MathTask(LoadedTask):
     """MATH and MATH500 from the Hub or local files.
 
     Args:
@@ -83,10 +90,8 @@ class MathTask:
         default_factory=lambda: build_prompt_format(MathTask.PROMPT_STYLE, MATH_ZERO_SHOT)
     )
     name: str = "math"
-    _cache: dict[str, list[Problem]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
+    SPLITS: ClassVar[tuple[str, ...]] = SPLITS
     PROMPT_STYLE: ClassVar[str] = "one-shot"
     ZERO_SHOT_TEMPLATE: ClassVar[str] = MATH_ZERO_SHOT
     default_max_new_tokens: ClassVar[int] = REFERENCE_MAX_NEW_TOKENS
@@ -102,14 +107,6 @@ class MathTask:
             held_out = {p.question for p in self.problems("test500")}
             return [p for p in self.problems("test") if p.question not in held_out]
         return unique(to_problem(r) for r in load_records(self.data, split, self.data_config))
-
-    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
-        """The problems of `split` in the source's order; the first `limit` when given."""
-        if split not in SPLITS:
-            raise RiseError(f"math: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        if split not in self._cache:
-            self._cache[split] = self._load(split)
-        return self._cache[split][:limit]
 
     def verify(self, problem: Problem, response: str) -> Verdict:
         return math_verdict(problem.answer, response)
