@@ -105,14 +105,9 @@ def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> li
     return examples
 
 
-def load_episodes(sources: Sequence[str]) -> list[CollectedEpisode]:
-    """The episodes of collection folders; the shards of a sharded one must all be there."""
-    return read_collections(sources)
-
-
 def build(config: BuildDataConfig) -> list[TrainingExample]:
     """Build `out/data.jsonl` from the collections and print a summary."""
-    episodes = load_episodes(config.episodes)
+    episodes = read_collections(config.episodes)
     examples = [
         ex for ep in episodes for ex in examples_from_episode(ep, config.criteria, config.tau)
     ]

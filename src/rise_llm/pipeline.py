@@ -127,6 +127,11 @@ class RunConfig:
     def root(self) -> Path:
         return Path(self.out)
 
+    @staticmethod
+    def label_of(iteration: int) -> str:
+        """The run's name for the model of `iteration`: base, iter1, iter2, ..."""
+        return "base" if iteration == 0 else f"iter{iteration}"
+
     def model_of(self, iteration: int) -> str:
         """The model iteration `iteration` ends with (0 is the base model)."""
         if iteration == 0:
@@ -205,11 +210,10 @@ class RunConfig:
         server = self.server_config()
         if server.command is None:
             return contextlib.nullcontext(None)
-        label = "base" if iteration == 0 else f"iter{iteration}"
         return ServedModel(
             server.command,
             self.model_of(iteration),
-            log=self.root / label / "server.log",
+            log=self.root / self.label_of(iteration) / "server.log",
             startup_timeout=server.startup_timeout,
             engine_options=server.engine_options,
         )
@@ -243,7 +247,7 @@ def run(config: RunConfig) -> RunResult:
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
-        label = "base" if m == 0 else f"iter{m}"
+        label = config.label_of(m)
         with config.served(m) as served:
             metrics[label] = _evaluate(config, label, served if "evaluate" in stages else None)
             if m == config.iterations:
