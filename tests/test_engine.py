@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rise_llm.engines.base import SamplingParams
-from rise_llm.engines.hf import HFEngine, PreallocatedLayer, model_source, preallocated_cache
+from rise_llm.engines.hf import HFEngine, model_source
+from rise_llm.engines.kv_cache import PreallocatedLayer, preallocated_cache
 from rise_llm.errors import RiseError
 
 CONVS = [

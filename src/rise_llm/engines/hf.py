@@ -15,21 +15,23 @@ import copy
 import importlib.util
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from rise_llm.chat import check_chat_template, prompt_ids, read_chat_template
 from rise_llm.engines.base import Completion, SamplingParams
+from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
 from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
 from rise_llm.records import Message
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CACHES = ("auto", "preallocated", "static", "dynamic")
+CACHES = ("auto", "shared", "preallocated", "static", "dynamic")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -152,13 +154,17 @@ class HFEngine:
             a GPU usually wants more).
         max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
             the KV cache; batches of long prompts are made smaller to fit.
-        cache: "preallocated" (`PreallocatedLayer`) allocates each layer's KV cache once
-            for prompt + max_new_tokens, writes new tokens in place and attends over the
-            filled part only; "static" is transformers' StaticCache (in place, but attention
-            over the whole length from the first step); "dynamic" is its DynamicCache (the
-            whole cache copied by concatenation at every step). "auto" is preallocated, or
-            for models with other layer kinds (sliding windows) static when the prompts are
-            longer than max_new_tokens and dynamic otherwise. All give the same tokens.
+        cache: "preallocated" (`kv_cache.PreallocatedLayer`) allocates each layer's KV cache
+            once for prompt + max_new_tokens, writes new tokens in place and attends over the
+            filled part only; "shared" is preallocated with one copy of each prompt's keys
+            and values for all its samples, read once per step by
+            `kv_cache.shared_prefix_attention` (models on sdpa; others get preallocated);
+            "static" is transformers' StaticCache (in place, but attention over the whole
+            length from the first step); "dynamic" is its DynamicCache (the whole cache
+            copied by concatenation at every step). "auto" is shared, or for models with
+            other layer kinds (sliding windows) static when the prompts are longer than
+            max_new_tokens and dynamic otherwise. All compute the same attention; "shared"
+            sums in another order, so its tokens can differ by float rounding.
     """
 
     def __init__(
@@ -179,6 +185,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.arena = Arena()
 
     @classmethod
     def load(
@@ -267,8 +274,8 @@ class HFEngine:
     ) -> torch.Tensor:
         width = max(len(p) for p in prompts)
         cache = None
-        if self.cache in ("auto", "preallocated"):
-            cache = preallocated_cache(self.model.config, width + config.max_new_tokens)
+        if self.cache in ("auto", "shared", "preallocated"):
+            cache = preallocated_cache(self.model.config, width + config.max_new_tokens, self.arena)
         static = self.cache == "static" or (
             self.cache == "auto" and cache is None and width > config.max_new_tokens
         )
@@ -278,33 +285,37 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).to(self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         mask = mask.to(self.device)
-        if cache is not None:
-            self._prefill_shared(input_ids, mask, prompts, cache)
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            generation_config=config,
-            past_key_values=cache,
-            tokenizer=self.tokenizer if params.stop else None,
-        )
+        counts = None if cache is None else self._prefill_once(input_ids, mask, prompts, cache)
+        share = counts is not None and self.cache != "preallocated"
+        with attending_shared_prefix(self.model, cache) if share else nullcontext(False) as shared:
+            for layer in cache.layers if counts is not None else ():
+                (layer.share_prefix if shared else layer.repeat_rows)(counts)
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=config,
+                past_key_values=cache,
+                tokenizer=self.tokenizer if params.stop else None,
+            )
         return out[:, width:].cpu()
 
-    def _prefill_shared(
+    def _prefill_once(
         self,
         input_ids: torch.Tensor,
         mask: torch.Tensor,
         prompts: list[list[int]],
         cache: DynamicCache,
-    ) -> None:
+    ) -> torch.Tensor | None:
         """Fill `cache` with the prompts but their last token, once per distinct prompt.
 
         The n samples of a conversation are adjacent rows with the same prompt: their prefill
-        (most of the work for multi-turn prompts) is done once and the cache rows copied, and
-        `generate` goes on from the last prompt token. Single prompts are left to `generate`.
+        (most of the work for multi-turn prompts) is done once, and `generate` goes on from
+        the last prompt token. Returns how many rows each cached prompt stands for, to share
+        or repeat its cache rows; None (nothing done) when every prompt is distinct.
         """
         starts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
         if len(starts) == len(prompts) or input_ids.shape[1] < 2:
-            return
+            return None
         counts = torch.tensor([*starts[1:], len(prompts)]) - torch.tensor(starts)
         ids, keep = input_ids[starts, :-1], mask[starts, :-1]
         positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
@@ -315,8 +326,7 @@ class HFEngine:
             past_key_values=cache,
             use_cache=True,
         )
-        for layer in cache.layers:
-            layer.repeat_rows(counts.to(self.device))
+        return counts.to(self.device)
 
     def _decode(
         self, new_tokens: torch.Tensor, eos: set[int], stop: tuple[str, ...]
@@ -334,55 +344,3 @@ class HFEngine:
                     text, finish = text[: text.index(s)], "stop"
             completions.append(Completion(text=text, num_tokens=cut, finish_reason=finish))
         return completions
-
-
-class PreallocatedLayer(DynamicLayer):
-    """A KV-cache layer allocated once for `capacity` positions, filled in place.
-
-    transformers' DynamicLayer concatenates the whole cache with each new token, a copy that
-    grows with the sequence (about 40% of a decoding step for the toy model on CPU); its
-    StaticCache writes in place but attends over its full length from the first step. This
-    layer writes in place and gives attention views of the filled positions only: the same
-    keys and values as DynamicLayer, hence the same tokens, without the copies.
-    """
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        b, h, _, d = key_states.shape
-        self._keys = key_states.new_empty(b, h, self.capacity, d)
-        self._values = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache of {self.capacity} positions asked to hold {end}")
-        self._keys[:, :, self.length : end] = key_states
-        self._values[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        return self.keys, self.values
-
-    def repeat_rows(self, counts: torch.Tensor) -> None:
-        """Repeat batch row i counts[i] times (one prefilled prompt for its n samples)."""
-        self._keys = self._keys.repeat_interleave(counts, dim=0)
-        self._values = self._values.repeat_interleave(counts, dim=0)
-        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
-
-
-def preallocated_cache(config, capacity: int) -> DynamicCache | None:
-    """A DynamicCache of `PreallocatedLayer`s for a model whose layers all attend to the full
-    sequence; None for other models (sliding-window or linear-attention layers)."""
-    cache = DynamicCache(config=config)
-    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
-    return cache

@@ -1,0 +1,166 @@
+"""The sampling KV cache: one copy of a shared prompt, attention that reads it once, and
+buffers reused across batches, against transformers' own sdpa over a repeated cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rise_llm.engines.base import SamplingParams
+from rise_llm.engines.hf import HFEngine
+from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
+
+# three prompts of different lengths (left-padded), standing for 3, 1 and 2 samples
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
+COUNTS = torch.tensor([3, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    """A random Llama with grouped-query attention (4 query heads over 2 key-value heads)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def decode_logits(model, share: bool, steps: int = 4) -> torch.Tensor:
+    """Prefill each prompt once, give its rows the prompt's cache (shared or repeated), then
+    decode `steps` greedy tokens for the 6 rows; the logits of every step."""
+    width = max(map(len, PROMPTS))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
+    cache = preallocated_cache(model.config, width + steps)
+    model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    mask = mask.repeat_interleave(COUNTS, dim=0)
+    token = torch.arange(1, 7).view(6, 1)  # a different first token in every row
+    logits = []
+    with attending_shared_prefix(model, cache) if share else torch.no_grad():
+        for layer in cache.layers:
+            (layer.share_prefix if share else layer.repeat_rows)(COUNTS)
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones(6, 1, dtype=mask.dtype)], dim=1)
+            out = model(
+                input_ids=token,
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits.append(out.logits[:, -1])
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+    return torch.stack(logits, dim=1)
+
+
+def test_shared_prefix_attention_equals_sdpa_over_repeated_rows(gqa_model):
+    """Grouped-query heads, groups of unequal size and left padding: the same logits."""
+    repeated = decode_logits(gqa_model, share=False)
+    shared = decode_logits(gqa_model, share=True)
+    assert torch.allclose(shared, repeated, atol=1e-5, rtol=1e-5)
+    assert gqa_model.config._attn_implementation == "sdpa"  # switched back after the block
+
+
+def test_shared_cache_keeps_one_copy_of_each_prompt(gqa_model):
+    width = max(map(len, PROMPTS))
+    cache = preallocated_cache(gqa_model.config, width + 4)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    with torch.no_grad():
+        gqa_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    layer = cache.layers[0]
+    prompt_keys = layer.keys.clone()
+    layer.share_prefix(COUNTS)
+    assert layer.prefix_keys.shape[0] == 3  # prompts, not samples
+    assert layer.keys.shape[0] == 6 and layer.keys.shape[-2] == 0
+    assert cache.get_seq_length() == width
+    full_keys, _ = layer.full_states()
+    assert torch.equal(full_keys, prompt_keys.repeat_interleave(COUNTS, dim=0))
+
+
+def test_engine_shared_cache_generates_what_the_repeated_cache_does(tiny_engine):
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    convs = [
+        [{"role": "user", "content": "What is 1 + 2?"}],
+        [
+            {"role": "user", "content": "What is 3 + 3?"},
+            {"role": "assistant", "content": "3 + 3 = 7\nAnswer: \\boxed{7}"},
+            {"role": "user", "content": "Try again: What is 3 + 3?"},
+        ],
+    ]
+
+    def texts(cache: str, params: SamplingParams, batch_size: int = 128) -> list[str]:
+        engine = HFEngine(model, tokenizer, cache=cache, batch_size=batch_size)
+        out = engine.generate(convs, n=4, params=params)
+        return [s.text for samples in out for s in samples]
+
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    assert texts("shared", greedy) == texts("preallocated", greedy)
+    # batches of 3 split the 4 samples of a prompt: groups of 3 and 1, then 2 and 2
+    assert texts("shared", greedy, batch_size=3) == texts("preallocated", greedy)
+    sampled = SamplingParams(max_new_tokens=16, seed=2)
+    # the sums run in another order, so equal up to rounding: the samples drawn are the same
+    assert texts("shared", sampled) == texts("preallocated", sampled)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_models_not_on_sdpa_keep_the_repeated_cache(tiny_engine):
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    convs = [[{"role": "user", "content": "What is 4 + 5?"}]]
+    on_sdpa = HFEngine(model, tokenizer, cache="shared").generate(convs, n=3, params=greedy)
+    model.set_attn_implementation("eager")
+    try:
+        cache = preallocated_cache(model.config, 4)
+        with attending_shared_prefix(model, cache) as switched:
+            assert switched is False
+            assert model.config._attn_implementation == "eager"
+        on_eager = HFEngine(model, tokenizer, cache="shared").generate(convs, n=3, params=greedy)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert [c.text for c in on_eager[0]] == [c.text for c in on_sdpa[0]]
+
+
+def test_attention_is_switched_back_when_generation_fails(gqa_model):
+    cache = preallocated_cache(gqa_model.config, 4)
+    with pytest.raises(RuntimeError, match="boom"), attending_shared_prefix(gqa_model, cache):
+        raise RuntimeError("boom")
+    assert gqa_model.config._attn_implementation == "sdpa"
+
+
+def test_arena_reuses_its_buffers_across_batches(tiny_engine):
+    arena = Arena()
+    like = torch.empty(0)
+    first = arena.take(("k",), (4, 2, 8, 16), like)
+    smaller = arena.take(("k",), (2, 2, 8, 16), like)
+    assert smaller.data_ptr() == first.data_ptr()
+    bigger = arena.take(("k",), (8, 2, 8, 16), like)
+    assert bigger.shape == (8, 2, 8, 16)
+    assert arena.take(("k",), (4, 2, 8, 16), like).data_ptr() == bigger.data_ptr()
+    assert arena.take(("v",), (4, 2, 8, 16), like).data_ptr() != bigger.data_ptr()
+
+    engine = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=4)
+    convs = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
+    params = SamplingParams(max_new_tokens=10, seed=7)
+    once = engine.generate(convs, n=2, params=params)
+    pointers = {k: b.data_ptr() for k, b in engine.arena.buffers.items()}
+    again = engine.generate(convs, n=2, params=params)  # reuses buffers holding old values
+    assert {k: b.data_ptr() for k, b in engine.arena.buffers.items()} == pointers
+    fresh = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=4)
+    assert [[c.text for c in s] for s in again] == [[c.text for c in s] for s in once]
+    assert [[c.text for c in s] for s in fresh.generate(convs, n=2, params=params)] == [
+        [c.text for c in s] for s in once
+    ]
