@@ -11,7 +11,8 @@ same sampling settings: temperature 1.0, top_p 1, no top-k, same max_new_tokens,
 stop at end of turn. It is measured on fewer problems (`--reference-problems`); rates are per
 token and per episode, so the ratio compares like with like.
 
-    python benchmarks/rollout.py                  # batch sizes 16 64 128 256, 256 problems
+    python benchmarks/rollout.py                  # batch sizes 16 64 128 256 512, 256 problems
+    python benchmarks/rollout.py --cache preallocated --compact-at 0   # the engine before
 """
 
 from __future__ import annotations
@@ -99,14 +100,19 @@ def counts(episodes: list[CollectedEpisode]) -> tuple[int, int]:
 
 def main() -> None:
     p = harness.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch-sizes", default="16,64,128,256")
+    p.add_argument("--batch-sizes", default="16,64,128,256,512")
     p.add_argument("--problems", type=int, default=256, help="problems per batch-size run")
     p.add_argument("--reference-problems", type=int, default=16)
     p.add_argument("--turns", type=int, default=2)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="auto", help="HFEngine cache: auto, preallocated, ...")
+    p.add_argument(
+        "--cache", default="auto", help="HFEngine cache: auto, shared, preallocated, ..."
+    )
+    p.add_argument(
+        "--compact-at", type=float, default=0.5, help="HFEngine compact_at (0: never compact)"
+    )
     args = p.parse_args()
     harness.setup(args)
     model_dir = harness.ensure_toy_model(args.model)
@@ -136,7 +142,9 @@ def main() -> None:
     )
     ours = {}
     for b in (int(x) for x in args.batch_sizes.split(",")):
-        engine = HFEngine(model, tokenizer, batch_size=b, cache=args.cache)
+        engine = HFEngine(
+            model, tokenizer, batch_size=b, cache=args.cache, compact_at=args.compact_at
+        )
         ours[b] = measure(engine, task, problems, config, params)
         ours[b]["tokens_ratio"] = round(ours[b]["tokens_per_s"] / reference["tokens_per_s"], 1)
         ours[b]["episodes_ratio"] = round(
@@ -175,6 +183,7 @@ def main() -> None:
                 "max_new_tokens": params.max_new_tokens,
                 "seed": args.seed,
                 "cache": args.cache,
+                "compact_at": args.compact_at,
             },
             "reference": reference,
             "ours": {str(b): r for b, r in ours.items()},

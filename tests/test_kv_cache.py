@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
 from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
+from rise_llm.errors import RiseError
 
 # three prompts of different lengths (left-padded), standing for 3, 1 and 2 samples
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
@@ -33,9 +34,10 @@ def gqa_model():
 
 
 @torch.no_grad()
-def decode_logits(model, share: bool, steps: int = 4) -> torch.Tensor:
+def decode_logits(model, share: bool, steps: int = 4, keep=None, keep_at: int = 2) -> torch.Tensor:
     """Prefill each prompt once, give its rows the prompt's cache (shared or repeated), then
-    decode `steps` greedy tokens for the 6 rows; the logits of every step."""
+    decode `steps` greedy tokens for the 6 rows; the logits of every step. With `keep`, only
+    those rows go on after step `keep_at` (the cache compacted) and only theirs are returned."""
     width = max(map(len, PROMPTS))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
@@ -53,8 +55,12 @@ def decode_logits(model, share: bool, steps: int = 4) -> torch.Tensor:
     with attending_shared_prefix(model, cache) if share else torch.no_grad():
         for layer in cache.layers:
             (layer.share_prefix if share else layer.repeat_rows)(COUNTS)
-        for _ in range(steps):
-            mask = torch.cat([mask, torch.ones(6, 1, dtype=mask.dtype)], dim=1)
+        for step in range(steps):
+            if keep is not None and step == keep_at:
+                for layer in cache.layers:
+                    layer.keep_rows(keep)
+                mask, token, logits = mask[keep], token[keep], [x[keep] for x in logits]
+            mask = torch.cat([mask, torch.ones(len(token), 1, dtype=mask.dtype)], dim=1)
             out = model(
                 input_ids=token,
                 attention_mask=mask,
@@ -164,3 +170,84 @@ def test_arena_reuses_its_buffers_across_batches(tiny_engine):
     assert [[c.text for c in s] for s in fresh.generate(convs, n=2, params=params)] == [
         [c.text for c in s] for s in once
     ]
+
+
+def test_keep_rows_drops_finished_rows_and_their_empty_prompts(gqa_model):
+    width = max(map(len, PROMPTS))
+    cache = preallocated_cache(gqa_model.config, width + 4)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    with torch.no_grad():
+        gqa_model(input_ids=ids, past_key_values=cache, use_cache=True)
+        for layer in cache.layers:  # rows 0-2: prompt 0, row 3: prompt 1, rows 4-5: prompt 2
+            layer.share_prefix(COUNTS)
+        layer = cache.layers[0]
+        gqa_model(input_ids=torch.arange(1, 7).view(6, 1), past_key_values=cache, use_cache=True)
+    before_k, before_v = layer.full_states()
+    keep = torch.tensor([1, 2, 5])  # prompt 1 has no row left
+    layer.keep_rows(keep)
+    assert layer.prefix_keys.shape[0] == 2
+    assert layer.row_group.tolist() == [0, 0, 1]
+    after_k, after_v = layer.full_states()
+    assert torch.equal(after_k, before_k[keep]) and torch.equal(after_v, before_v[keep])
+    assert cache.get_seq_length() == width + 1
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_decoding_goes_on_exactly_after_finished_rows_leave(gqa_model, share):
+    """Rows 0, 3 and 4 leave after two steps (prompt 1 loses its only row): the rows kept
+    get the logits they get when every row stays."""
+    keep = torch.tensor([1, 2, 5])
+    every_row = decode_logits(gqa_model, share=share, steps=5)[keep]
+    compacted = decode_logits(gqa_model, share=share, steps=5, keep=keep)
+    assert torch.allclose(compacted, every_row, atol=1e-5, rtol=1e-5)
+
+
+def count_generate_calls(monkeypatch, model) -> list[int]:
+    """Record the batch size of every `model.generate` call (the real one runs)."""
+    calls: list[int] = []
+    real = model.generate
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    return calls
+
+
+def test_engine_leaves_finished_rows_behind(tiny_engine, monkeypatch):
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    convs = [[{"role": "user", "content": f"What is {i} + {2 * i} - 1?"}] for i in range(8)]
+    params = SamplingParams(max_new_tokens=40, seed=3)
+    engine = HFEngine(model, tokenizer, compact_at=0.25, batch_size=16)
+    calls = count_generate_calls(monkeypatch, model)
+    out = engine.generate(convs, 4, params)
+    # two batches of 16, each continued in smaller batches as samples end
+    assert calls.count(16) == 2 and len(calls) > 2 and min(calls) < 16
+    ended = [c for s in out for c in s if c.finish_reason == "stop"]
+    assert ended and all(c.num_tokens < 40 for c in ended)
+    assert all(c.num_tokens == 40 for s in out for c in s if c.finish_reason == "length")
+    again = HFEngine(model, tokenizer, compact_at=0.25, batch_size=16).generate(convs, 4, params)
+    assert [[c.text for c in s] for s in again] == [[c.text for c in s] for s in out]
+
+
+def test_compacted_sampling_is_reproducible_and_stops_at_stop_strings(tiny_engine):
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    convs = [[{"role": "user", "content": f"What is {i} + 4?"}] for i in range(4)]
+    params = SamplingParams(max_new_tokens=30, seed=11, stop=("\n",))
+    engine = HFEngine(model, tokenizer, compact_at=0.25)
+    a, b = engine.generate(convs, 4, params), engine.generate(convs, 4, params)
+    assert [[c.text for c in s] for s in a] == [[c.text for c in s] for s in b]
+    for c in (c for s in a for c in s):
+        assert "\n" not in c.text
+        assert c.finish_reason == "stop" or c.num_tokens == 30
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=30, stop=("\n",))
+    once = HFEngine(model, tokenizer, compact_at=0).generate(convs, 2, greedy)
+    assert [[c.text for c in s] for s in engine.generate(convs, 2, greedy)] == [
+        [c.text for c in s] for s in once
+    ]
+
+
+def test_compact_at_must_be_a_share(tiny_engine):
+    with pytest.raises(RiseError, match="compact_at"):
+        HFEngine(tiny_engine.model, tiny_engine.tokenizer, compact_at=1.5)

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GgufConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    GgufConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.cache_utils import DynamicCache
 
 from rise_llm.chat import check_chat_template, prompt_ids, read_chat_template
@@ -145,13 +152,29 @@ def load_model_and_tokenizer(
     return lm, tokenizer
 
 
+class RowsFinished(StoppingCriteria):
+    """Ends a `generate` call for all rows once `share` of them have produced an EOS token,
+    so that `HFEngine` can go on with the others in a smaller batch."""
+
+    def __init__(self, eos: set[int], share: float):
+        self.eos = sorted(eos)
+        self.share = share
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
+        self.done = ended if self.done is None else self.done | ended
+        stop = self.done.float().mean().item() >= self.share
+        return torch.full_like(ended, stop)
+
+
 class HFEngine:
     """The engine protocol over a transformers model.
 
     Args:
         model, tokenizer: a loaded causal LM and its tokenizer (with a chat template).
-        batch_size: most sequences generated together (128 was fastest for the toy on CPU;
-            a GPU usually wants more).
+        batch_size: most sequences generated together (256 and 512 were fastest for the
+            toy on CPU, with compaction; a GPU usually wants more).
         max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
             the KV cache; batches of long prompts are made smaller to fit.
         cache: "preallocated" (`kv_cache.PreallocatedLayer`) allocates each layer's KV cache
@@ -165,21 +188,31 @@ class HFEngine:
             other layer kinds (sliding windows) static when the prompts are longer than
             max_new_tokens and dynamic otherwise. All compute the same attention; "shared"
             sums in another order, so its tokens can differ by float rounding.
+        compact_at: with a preallocated or shared cache, once this share of a batch's rows
+            have finished (end of turn), decoding stops and goes on with the unfinished rows
+            only, their cache compacted: finished rows are not computed until the longest
+            sample ends. 0 never compacts (one `generate` call per batch, as with the other
+            caches). Sampling goes on from the same random stream, so samples differ from an
+            uncompacted run but are as reproducible from the seed.
     """
 
     def __init__(
         self,
         model,
         tokenizer,
-        batch_size: int = 128,
+        batch_size: int = 256,
         max_batch_tokens: int = 1 << 18,
         cache: str = "auto",
+        compact_at: float = 0.5,
     ):
         if batch_size < 1 or max_batch_tokens < 1:
             raise RiseError("batch_size and max_batch_tokens must be at least 1")
+        if not 0 <= compact_at <= 1:
+            raise RiseError(f"compact_at is a share of rows between 0 and 1, got {compact_at}")
         if cache not in CACHES:
             raise RiseError(f"cache must be one of {', '.join(CACHES)}, got {cache!r}")
         self.cache = cache
+        self.compact_at = compact_at
         self.model = model
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
@@ -271,7 +304,8 @@ class HFEngine:
     @torch.inference_mode()
     def _generate_batch(
         self, prompts: list[list[int]], config: GenerationConfig, params: SamplingParams
-    ) -> torch.Tensor:
+    ) -> list[list[int]]:
+        """The new tokens of each prompt's row (EOS and what follows included)."""
         width = max(len(p) for p in prompts)
         cache = None
         if self.cache in ("auto", "shared", "preallocated"):
@@ -290,14 +324,61 @@ class HFEngine:
         with attending_shared_prefix(self.model, cache) if share else nullcontext(False) as shared:
             for layer in cache.layers if counts is not None else ():
                 (layer.share_prefix if shared else layer.repeat_rows)(counts)
+            if cache is None or not self.compact_at:
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    generation_config=config,
+                    past_key_values=cache,
+                    tokenizer=self.tokenizer if params.stop else None,
+                )
+                return out[:, width:].tolist()
+            return self._generate_compacting(input_ids, mask, cache, config, params)
+
+    def _generate_compacting(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DynamicCache,
+        config: GenerationConfig,
+        params: SamplingParams,
+    ) -> list[list[int]]:
+        """`generate` in rounds that drop finished rows: each round ends once `compact_at` of
+        its rows have finished; the others go on from the cache, compacted to their rows."""
+        rows = list(range(input_ids.shape[0]))  # this round's rows → the batch's rows
+        tokens: list[list[int]] = [[] for _ in rows]
+        left, eos = config.max_new_tokens, self._eos_ids()
+        while True:
+            round_config = copy.copy(config)
+            round_config.max_new_tokens = left
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                generation_config=config,
+                generation_config=round_config,
                 past_key_values=cache,
+                stopping_criteria=StoppingCriteriaList([RowsFinished(eos, self.compact_at)]),
                 tokenizer=self.tokenizer if params.stop else None,
             )
-        return out[:, width:].cpu()
+            new = out[:, input_ids.shape[1] :]
+            left -= new.shape[1]
+            going = []
+            for i, row in enumerate(new.tolist()):
+                tokens[rows[i]].extend(row)
+                if not self._finished(tokens[rows[i]], eos, params.stop):
+                    going.append(i)
+            if left <= 0 or not going:
+                return tokens
+            keep = torch.tensor(going, device=input_ids.device)
+            input_ids = out[keep]
+            mask = torch.cat([mask, mask.new_ones(new.shape)], dim=1)[keep]
+            for layer in cache.layers:
+                layer.keep_rows(keep)
+            rows = [rows[i] for i in going]
+
+    def _finished(self, tokens: list[int], eos: set[int], stop: tuple[str, ...]) -> bool:
+        if any(t in eos for t in tokens):
+            return True
+        return bool(stop) and any(s in self.tokenizer.decode(tokens) for s in stop)
 
     def _prefill_once(
         self,
@@ -329,10 +410,10 @@ class HFEngine:
         return counts.to(self.device)
 
     def _decode(
-        self, new_tokens: torch.Tensor, eos: set[int], stop: tuple[str, ...]
+        self, new_tokens: list[list[int]], eos: set[int], stop: tuple[str, ...]
     ) -> list[Completion]:
         completions = []
-        for row in new_tokens.tolist():
+        for row in new_tokens:
             finish, cut = "length", len(row)
             for i, token in enumerate(row):
                 if token in eos:

@@ -135,22 +135,44 @@ class PreallocatedLayer(DynamicLayer):
         """
         self.prefix_keys = self._keys[:, :, : self.length]
         self.prefix_values = self._values[:, :, : self.length]
-        sizes, device = counts.tolist(), counts.device
-        self.row_group = torch.repeat_interleave(torch.arange(len(sizes), device=device), counts)
-        self.group_first = torch.tensor([0, *accumulate(sizes)][:-1], device=device)
-        self.group_width = width = max(sizes)
-        self.slots = None
-        if any(size != width for size in sizes):
-            self.slots = torch.tensor(
-                [g * width + j for g, size in enumerate(sizes) for j in range(size)],
-                device=device,
-            )
+        self._group(
+            torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        )
         rows, (_, h, _, d), dv = int(counts.sum()), self._keys.shape, self._values.shape[-1]
         room = self.capacity - self.length
         self._keys = self._take("keys", (rows, h, room, d), self._keys)
         self._values = self._take("values", (rows, h, room, dv), self._values)
         self.length = 0
         self.keys, self.values = self._keys[:, :, :0], self._values[:, :, :0]
+
+    def _group(self, row_group: torch.Tensor) -> None:
+        """Set which prompt each row attends to (non-decreasing: a group's rows are adjacent)."""
+        sizes = torch.bincount(row_group, minlength=self.prefix_keys.shape[0]).tolist()
+        self.row_group = row_group
+        self.group_first = torch.tensor([0, *accumulate(sizes)][:-1], device=row_group.device)
+        self.group_width = width = max(sizes)
+        self.slots = None
+        if any(size != width for size in sizes):
+            self.slots = torch.tensor(
+                [g * width + j for g, size in enumerate(sizes) for j in range(size)],
+                device=row_group.device,
+            )
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (increasing), moved to the front: finished samples leave
+        the batch. Prompts left with no sample leave the shared prefix."""
+        kept_keys = self._keys[rows, :, : self.length]
+        kept_values = self._values[rows, :, : self.length]
+        self._keys, self._values = self._keys[: len(rows)], self._values[: len(rows)]
+        self._keys[:, :, : self.length] = kept_keys
+        self._values[:, :, : self.length] = kept_values
+        self.keys = self._keys[:, :, : self.length]
+        self.values = self._values[:, :, : self.length]
+        if self.prefix_keys is not None:
+            groups, row_group = torch.unique_consecutive(self.row_group[rows], return_inverse=True)
+            self.prefix_keys = self.prefix_keys[groups]
+            self.prefix_values = self.prefix_values[groups]
+            self._group(row_group)
 
     def full_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's keys and values, prefix included (copies the prefix per row)."""
