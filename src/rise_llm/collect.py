@@ -96,7 +96,7 @@ class CollectConfig:
     chunk_size: int = 512
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 256
+    batch_size: int = 512
     engine_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

@@ -64,7 +64,7 @@ class EvaluateConfig:
     max_new_tokens: int | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 256
+    batch_size: int = 512
     engine_options: dict[str, Any] | None = None
     out: str | None = None
 

@@ -173,8 +173,8 @@ class HFEngine:
 
     Args:
         model, tokenizer: a loaded causal LM and its tokenizer (with a chat template).
-        batch_size: most sequences generated together (256 and 512 were fastest for the
-            toy on CPU, with compaction; a GPU usually wants more).
+        batch_size: most sequences generated together (512 was fastest for the toy on CPU,
+            with compaction; `max_batch_tokens` makes batches of long prompts smaller).
         max_batch_tokens: cap on batch_size x (longest prompt + max_new_tokens), which bounds
             the KV cache; batches of long prompts are made smaller to fit.
         cache: "preallocated" (`kv_cache.PreallocatedLayer`) allocates each layer's KV cache
@@ -200,7 +200,7 @@ class HFEngine:
         self,
         model,
         tokenizer,
-        batch_size: int = 256,
+        batch_size: int = 512,
         max_batch_tokens: int = 1 << 18,
         cache: str = "auto",
         compact_at: float = 0.5,
