@@ -7,7 +7,10 @@ chunks of `--chunk-size` problems) in a fresh Python process, so each peak resid
 Time should grow linearly with the problems and memory stay flat: a chunk's episodes are
 written and only small records are kept.
 
-    python benchmarks/scaling.py                     # 256, 512, 1024 problems, T=2, N=16
+    python benchmarks/scaling.py                     # 512, 1024, 2048 problems, T=2, N=16
+
+The smallest size fills one chunk, so that every size samples in the same batch shapes and
+holds the same engine buffers (sized by the engine batch, not by the problems).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def one_size(model: str, problems: int, samples: int, chunk_size: int, out: str)
 
 def main() -> None:
     p = harness.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="256,512,1024")
+    p.add_argument("--sizes", default="512,1024,2048", help="the smallest fills one chunk")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--chunk-size", type=int, default=512, help="as rise collect's default")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)

@@ -251,3 +251,14 @@ def test_compacted_sampling_is_reproducible_and_stops_at_stop_strings(tiny_engin
 def test_compact_at_must_be_a_share(tiny_engine):
     with pytest.raises(RiseError, match="compact_at"):
         HFEngine(tiny_engine.model, tiny_engine.tokenizer, compact_at=1.5)
+
+
+def test_rows_move_in_place_block_by_block():
+    from rise_llm.engines.kv_cache import _move_rows
+
+    buffer = torch.arange(10 * 2 * 5 * 3, dtype=torch.float32).view(10, 2, 5, 3)
+    before = buffer.clone()
+    rows = torch.tensor([1, 3, 4, 7, 8, 9])
+    _move_rows(buffer, rows, length=4, block=2)  # blocks cross the rows being read
+    assert torch.equal(buffer[:6, :, :4], before[rows, :, :4])
+    assert torch.equal(buffer[:, :, 4:], before[:, :, 4:])  # positions past `length` untouched

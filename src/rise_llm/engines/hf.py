@@ -194,6 +194,9 @@ class HFEngine:
             sample ends. 0 never compacts (one `generate` call per batch, as with the other
             caches). Sampling goes on from the same random stream, so samples differ from an
             uncompacted run but are as reproducible from the seed.
+
+    One `generate` call at a time per model: a call seeds torch's global generator and, for
+    the shared cache, switches the model's attention function until it returns.
     """
 
     def __init__(
