@@ -262,3 +262,29 @@ def test_rows_move_in_place_block_by_block():
     _move_rows(buffer, rows, length=4, block=2)  # blocks cross the rows being read
     assert torch.equal(buffer[:6, :, :4], before[rows, :, :4])
     assert torch.equal(buffer[:, :, 4:], before[:, :, 4:])  # positions past `length` untouched
+
+
+@pytest.mark.parametrize("cache", ["shared", "preallocated"])
+def test_prefill_in_slices_of_rows_gives_the_same_tokens(tiny_engine, monkeypatch, cache):
+    """Prompts prefilled a few rows at a time generate what transformers' own prefill does."""
+    from rise_llm.engines import hf
+
+    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    convs = [[{"role": "user", "content": f"What is {i} + {3 * i} - 2?"}] for i in range(7)]
+    convs.append(
+        [
+            {"role": "user", "content": "What is 3 + 3?"},
+            {"role": "assistant", "content": "3 + 3 = 7\nAnswer: \\boxed{7}"},
+            {"role": "user", "content": "Try again: What is 3 + 3?"},
+        ]
+    )
+
+    def texts(cache: str, n: int, params: SamplingParams) -> list[str]:
+        engine = HFEngine(model, tokenizer, cache=cache, compact_at=0)
+        return [c.text for s in engine.generate(convs, n, params) for c in s]
+
+    sampled = SamplingParams(max_new_tokens=12, seed=4)
+    whole = {n: texts("dynamic", n, sampled) for n in (1, 3)}
+    monkeypatch.setattr(hf, "PREFILL_TOKENS", 40)  # slices of one to three rows
+    for n in (1, 3):
+        assert texts(cache, n, sampled) == whole[n]

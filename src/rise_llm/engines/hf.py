@@ -39,6 +39,7 @@ from rise_llm.records import Message
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CACHES = ("auto", "shared", "preallocated", "static", "dynamic")
+PREFILL_TOKENS = 4096  # prompt tokens per slice of the prefill (see HFEngine._prefill)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -322,7 +323,7 @@ class HFEngine:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts]).to(self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         mask = mask.to(self.device)
-        counts = None if cache is None else self._prefill_once(input_ids, mask, prompts, cache)
+        counts = None if cache is None else self._prefill(input_ids, mask, prompts, cache)
         share = counts is not None and self.cache != "preallocated"
         with attending_shared_prefix(self.model, cache) if share else nullcontext(False) as shared:
             for layer in cache.layers if counts is not None else ():
@@ -383,33 +384,47 @@ class HFEngine:
             return True
         return bool(stop) and any(s in self.tokenizer.decode(tokens) for s in stop)
 
-    def _prefill_once(
+    def _prefill(
         self,
         input_ids: torch.Tensor,
         mask: torch.Tensor,
         prompts: list[list[int]],
         cache: DynamicCache,
     ) -> torch.Tensor | None:
-        """Fill `cache` with the prompts but their last token, once per distinct prompt.
+        """Fill `cache` with the prompts but their last token, once per distinct prompt, a
+        few rows at a time; `generate` goes on from the last prompt token.
 
         The n samples of a conversation are adjacent rows with the same prompt: their prefill
-        (most of the work for multi-turn prompts) is done once, and `generate` goes on from
-        the last prompt token. Returns how many rows each cached prompt stands for, to share
-        or repeat its cache rows; None (nothing done) when every prompt is distinct.
+        (most of the work for multi-turn prompts) is done once. Rows go through the model in
+        slices of about `PREFILL_TOKENS` tokens: the element-wise work of a whole batch's
+        prompts at once (norms, rotary embedding, activations over ~100k positions) ran at
+        memory speed, slices that stay in the CPU's caches run 2.2x faster on the toy. Returns
+        how many rows each cached prompt stands for, to share or repeat its cache rows; None
+        when every prompt is distinct (the cache rows are the batch's rows).
         """
-        starts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
-        if len(starts) == len(prompts) or input_ids.shape[1] < 2:
+        if input_ids.shape[1] < 2:
             return None
-        counts = torch.tensor([*starts[1:], len(prompts)]) - torch.tensor(starts)
+        starts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
         ids, keep = input_ids[starts, :-1], mask[starts, :-1]
         positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
-        self.model(
-            input_ids=ids,
-            attention_mask=keep,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        step = max(1, PREFILL_TOKENS // ids.shape[1])
+        for start in range(0, len(starts), step):
+            rows = slice(start, start + step)
+            for layer in cache.layers:
+                layer.fill_rows(rows, len(starts))
+            self.model(
+                input_ids=ids[rows],
+                attention_mask=keep[rows],
+                position_ids=positions[rows],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        for layer in cache.layers:
+            layer.filled_rows(ids.shape[1])
+        if len(starts) == len(prompts):
+            return None
+        counts = torch.tensor([*starts[1:], len(prompts)]) - torch.tensor(starts)
         return counts.to(self.device)
 
     def _decode(

@@ -84,6 +84,8 @@ class PreallocatedLayer(DynamicLayer):
         self.arena = arena or Arena()
         self.index = index
         self.length = 0
+        self.rows: slice | None = None  # while a prompt slice is filled: its rows
+        self.batch_rows = 0  # and the rows of the whole batch
         self.prefix_keys: torch.Tensor | None = None
         self.prefix_values: torch.Tensor | None = None
         self.row_group: torch.Tensor | None = None  # row → its prompt (group)
@@ -98,6 +100,7 @@ class PreallocatedLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         b, h, _, d = key_states.shape
+        b = max(b, self.batch_rows)
         self._keys = self._take("keys", (b, h, self.capacity, d), key_states)
         self._values = self._take(
             "values", (b, h, self.capacity, value_states.shape[-1]), value_states
@@ -115,11 +118,26 @@ class PreallocatedLayer(DynamicLayer):
         end = self.length + key_states.shape[-2]
         if end > self._keys.shape[-2]:
             raise RuntimeError(f"KV cache of {self.capacity} positions asked to hold more")
+        if self.rows is not None:  # one slice of the prompts: its rows only, length unchanged
+            self._keys[self.rows, :, self.length : end] = key_states
+            self._values[self.rows, :, self.length : end] = value_states
+            return self._keys[self.rows, :, :end], self._values[self.rows, :, :end]
         self._keys[:, :, self.length : end] = key_states
         self._values[:, :, self.length : end] = value_states
         self.length = end
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
+
+    def fill_rows(self, rows: slice, batch_rows: int) -> None:
+        """The next forward pass writes the prompts of `rows` (of `batch_rows` in all)."""
+        self.rows, self.batch_rows = rows, batch_rows
+
+    def filled_rows(self, tokens: int) -> None:
+        """Every row's slice holds `tokens` more positions: back to whole-batch updates."""
+        self.rows = None
+        self.length += tokens
+        self.keys = self._keys[:, :, : self.length]
+        self.values = self._values[:, :, : self.length]
 
     def get_seq_length(self) -> int:
         return self.prefix_length + (self.length if self.is_initialized else 0)
