@@ -81,12 +81,18 @@ def test_shared_prefix_attention_equals_sdpa_over_repeated_rows(gqa_model):
     assert gqa_model.config._attn_implementation == "sdpa"  # switched back after the block
 
 
-def test_shared_cache_keeps_one_copy_of_each_prompt(gqa_model):
+@torch.no_grad()
+def prompts_cache(model):
+    """A preallocated cache holding the three PROMPTS (one row each) and room for 4 more."""
     width = max(map(len, PROMPTS))
-    cache = preallocated_cache(gqa_model.config, width + 4)
+    cache = preallocated_cache(model.config, width + 4)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-    with torch.no_grad():
-        gqa_model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    return cache, width
+
+
+def test_shared_cache_keeps_one_copy_of_each_prompt(gqa_model):
+    cache, width = prompts_cache(gqa_model)
     layer = cache.layers[0]
     prompt_keys = layer.keys.clone()
     layer.share_prefix(COUNTS)
@@ -173,11 +179,8 @@ def test_arena_reuses_its_buffers_across_batches(tiny_engine):
 
 
 def test_keep_rows_drops_finished_rows_and_their_empty_prompts(gqa_model):
-    width = max(map(len, PROMPTS))
-    cache = preallocated_cache(gqa_model.config, width + 4)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    cache, width = prompts_cache(gqa_model)
     with torch.no_grad():
-        gqa_model(input_ids=ids, past_key_values=cache, use_cache=True)
         for layer in cache.layers:  # rows 0-2: prompt 0, row 3: prompt 1, rows 4-5: prompt 2
             layer.share_prefix(COUNTS)
         layer = cache.layers[0]
