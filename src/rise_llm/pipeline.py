@@ -96,7 +96,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 128
+    batch_size: int = 512
     collect: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
