@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
@@ -96,7 +96,7 @@ class CollectConfig:
     chunk_size: int = 512
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 512
+    batch_size: int = BATCH_SIZE
     engine_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rise_llm.engines.base import Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import check_at_least, check_context_window
 from rise_llm.metrics import Metrics, compute_metrics
@@ -64,7 +64,7 @@ class EvaluateConfig:
     max_new_tokens: int | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 512
+    batch_size: int = BATCH_SIZE
     engine_options: dict[str, Any] | None = None
     out: str | None = None
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from rise_llm import collect, data, evaluate, train
 from rise_llm.config import build
-from rise_llm.engines.base import Engine
+from rise_llm.engines.base import BATCH_SIZE, Engine
 from rise_llm.engines.served import ServedModel, ServerConfig
 from rise_llm.errors import RiseError
 from rise_llm.metrics import Metrics, rise_claims
@@ -96,7 +96,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 512
+    batch_size: int = BATCH_SIZE
     collect: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,10 @@ from typing import Protocol
 from rise_llm.errors import RiseError
 from rise_llm.records import Message
 
+BATCH_SIZE = 512
+"""Default engine batch of every sampling stage (`rise collect`, `rise evaluate`, `rise run`)
+and of `HFEngine`: the fastest for the toy on CPU once finished rows leave the batch."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:

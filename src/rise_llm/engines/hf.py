@@ -31,7 +31,7 @@ from transformers import (
 from transformers.cache_utils import DynamicCache
 
 from rise_llm.chat import check_chat_template, prompt_ids, read_chat_template
-from rise_llm.engines.base import Completion, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Completion, SamplingParams
 from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
 from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
@@ -158,12 +158,12 @@ class RowsFinished(StoppingCriteria):
     so that `HFEngine` can go on with the others in a smaller batch."""
 
     def __init__(self, eos: set[int], share: float):
-        self.eos = sorted(eos)
+        self.eos = torch.tensor(sorted(eos), dtype=torch.long)
         self.share = share
         self.done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=input_ids.device))
+        ended = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
         self.done = ended if self.done is None else self.done | ended
         stop = self.done.float().mean().item() >= self.share
         return torch.full_like(ended, stop)
@@ -204,7 +204,7 @@ class HFEngine:
         self,
         model,
         tokenizer,
-        batch_size: int = 512,
+        batch_size: int = BATCH_SIZE,
         max_batch_tokens: int = 1 << 18,
         cache: str = "auto",
         compact_at: float = 0.5,
