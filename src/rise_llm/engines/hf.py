@@ -37,7 +37,13 @@ from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
 from rise_llm.records import Message
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 is for exact comparisons (the tests compare two computation paths token for token)
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 CACHES = ("auto", "shared", "preallocated", "static", "dynamic")
 PREFILL_TOKENS = 4096  # prompt tokens per slice of the prefill (see HFEngine._prefill)
 

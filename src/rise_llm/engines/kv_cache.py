@@ -304,7 +304,9 @@ def _attend(
         pre = _masked(pre, mask[layer.group_first, :prefix].view(groups, 1, 1, prefix))
         own = _masked(own, mask[:, prefix:].view(rows, 1, 1, -1))
     scores = torch.cat([pre, _grouped(own, slots, groups, width)], dim=-1)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # at least float32 (as sdpa): half-precision scores are upcast, float64 ones kept
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
     out = torch.matmul(probs[..., :prefix], prefix_v)  # (groups, kv_heads, width*rep, dv)
     p_own = _ungrouped(probs[..., prefix:], slots, rows, width, rep)
     out = _ungrouped(out, slots, rows, width, rep)
