@@ -9,7 +9,7 @@ import pytest
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks import get_task
-from rise_llm.tasks.arith import ArithTask, render_expression, split_of
+from rise_llm.tasks.arith import ArithTask, render_expression, split_of, work_error
 
 
 def expression(problem: Problem) -> str:
@@ -230,3 +230,70 @@ def test_get_task_unknown_option_raises_naming_it() -> None:
     with pytest.raises(RiseError, match=r"'arith' has no option\(s\) bogus") as info:
         get_task("arith", bogus=1)
     assert "max_steps" in str(info.value)  # the message lists the real options
+
+
+# 6 + 4 - 8 - 2 + 8 = 8, the issue's example of a right total through wrong lines
+STRICT_PROBLEM = Problem(
+    id="s",
+    question="What is 6 + 4 - 8 - 2 + 8?",
+    answer="8",
+    meta={"start": 6, "steps": [["+", 4], ["-", 8], ["-", 2], ["+", 8]]},
+)
+RIGHT = "6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}"
+
+
+@pytest.mark.parametrize(
+    ("response", "reward", "why"),
+    [
+        (RIGHT, 1, None),
+        ("6 + 4 = 10\n\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}", 1, None),
+        (  # right answer through a wrong line
+            "6 + 4 = 11\n11 - 8 = 3\n3 - 2 = 1\n1 + 8 = 8\nAnswer: \\boxed{8}",
+            0,
+            "line 1: 6 + 4 = 11 is wrong (6 + 4 = 10)",
+        ),
+        (  # a broken chain: line 3 starts from another value than line 2's result
+            "6 + 4 = 10\n10 - 8 = 2\n4 - 2 = 2\n0 + 8 = 8\nAnswer: \\boxed{8}",
+            0,
+            "line 3: starts from 4, not 2 (the chain is broken)",
+        ),
+        (  # a missing line
+            "6 + 4 = 10\n10 - 8 = 2\n0 + 8 = 8\nAnswer: \\boxed{8}",
+            0,
+            "line 3: starts from 0, not 2 (the chain is broken)",
+        ),
+        (
+            "6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\nAnswer: \\boxed{8}",
+            0,
+            "line 4 is missing (4 steps, 3 lines)",
+        ),
+        (  # another step than the problem's
+            "6 + 4 = 10\n10 - 6 = 4\n4 - 2 = 2\n2 + 6 = 8\nAnswer: \\boxed{8}",
+            0,
+            "line 2: does `- 6`, the problem's step 2 is `- 8`",
+        ),
+        (
+            RIGHT.replace("Answer", "8 + 0 = 8\nAnswer"),
+            0,
+            "1 line(s) past the problem's 4 steps",
+        ),
+        ("The total is 8.\nAnswer: \\boxed{8}", 0, "line 1: 'The total is 8.' is not `a op b = c`"),
+        (RIGHT.replace("{8}", "{9}"), 0, None),  # right work, wrong answer: 0 as before
+        ("6 + 4 = 10", -1, "line 2 is missing (4 steps, 1 lines)"),  # no answer stays -1
+    ],
+)
+def test_strict_verifier_checks_every_line(response, reward, why):
+    task = ArithTask()
+    steps = [(op, v) for op, v in STRICT_PROBLEM.meta["steps"]]
+    assert work_error(6, steps, response) == why
+    strict = task.verifiers["strict"](STRICT_PROBLEM, response)
+    plain = task.verify(STRICT_PROBLEM, response)
+    assert strict.reward == reward
+    assert strict.answer == plain.answer  # the same vote in a majority
+    assert plain.reward >= strict.reward  # strict only ever demotes
+
+
+def test_strict_verifier_passes_every_reference_solution():
+    task = ArithTask(min_steps=1, max_steps=6, ops="+-*", allow_negative=True)
+    for problem in task.problems("test", 300):
+        assert task.verify_strict(problem, task.solution(problem)).reward == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rise_llm.cli import main
-from rise_llm.metrics import compute_metrics
+from rise_llm.metrics import TRANSITIONS, compute_metrics
 from rise_llm.records import Episode, read_jsonl
 
 RISE = [str(Path(sys.executable).parent / "rise")]
@@ -64,7 +64,7 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
     for key in ("acc@1", "acc@2", "acc@3", "m1@t3", "p1@t3", "m3@t1", "p3@t1"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["n"] == 12
-    assert sum(metrics["transitions"]["1->2"].values()) == 12
+    assert sum(metrics["transitions"]["1->2"][k] for k in TRANSITIONS) == 12
     episodes = read_jsonl(run / "episodes.jsonl", Episode)
     by_mode = {m: [e for e in episodes if e.mode == m] for m in ("no_oracle", "oracle", "parallel")}
     assert [len(v) for v in by_mode.values()] == [12, 12, 36]

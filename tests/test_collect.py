@@ -13,6 +13,7 @@ from rise_llm.collect import CollectConfig, choose, collect_chunk, is_degenerate
 from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.errors import RiseError
 from rise_llm.records import Attempt, CollectedEpisode, Problem, read_jsonl
+from rise_llm.report import collection_table
 from rise_llm.tasks.arith import ArithTask
 
 PROBLEMS = [
@@ -99,6 +100,116 @@ def test_choose(attempts, expected):
     assert choose(attempts) == expected
 
 
+def said(text: str, reward: int, degenerate: bool = False) -> Attempt:
+    return Attempt(response=text, answer=None, reward=reward, degenerate=degenerate)
+
+
+PREVIOUS = "1 + 2 = 4\n4 + 3 = 7\nAnswer: \\boxed{7}"
+
+
+@pytest.mark.parametrize(
+    ("attempts", "first", "closest"),
+    [
+        # the fresh attempt comes first; the repair keeps line 1 and is chosen by `closest`
+        (
+            [
+                said("1 + 2 = 3\n3 + 3 = 6\nAnswer: 6", 1),
+                said("1 + 2 = 4\n4 + 2 = 6\nAnswer: 6", 1),
+            ],
+            0,
+            1,
+        ),
+        # closer but of a lower reward: never chosen
+        ([said("x", 1), said(PREVIOUS, 0)], 0, 0),
+        # the closest sample is degenerate: the next closest of the best reward
+        ([said("zzz", 1), said(PREVIOUS + " ", 1, degenerate=True), said(PREVIOUS[:-3], 1)], 0, 2),
+        ([said("q", 0), said("z", 0)], 0, 0),  # equally far: the earliest
+        ([said("a", 1, degenerate=True)], -1, -1),
+    ],
+)
+def test_choose_first_or_closest_among_the_best(attempts, first, closest):
+    assert choose(attempts, PREVIOUS, "first") == first
+    assert choose(attempts, PREVIOUS, "closest") == closest
+    assert choose(attempts) == first
+
+
+def test_collect_chunk_closest_continues_from_the_sample_nearest_the_failed_attempt():
+    script = {
+        "a": {1: [boxed("2")]},
+        "b": {1: ["2 + 2 = 5 " + boxed("5")], 2: [boxed("4"), "2 + 2 = 4 " + boxed("4"), NO]},
+        "c": {1: [NO], 2: [boxed("7"), NO, NO]},
+    }
+    cfg = config(selection="closest")
+    _, b, c = collect_chunk(
+        ScriptedEngine(script), ScriptedEngine(script), ArithTask(), PROBLEMS, cfg, SamplingParams()
+    )
+    assert b.turns[1].chosen == 1  # the reference `first` would take sample 0
+    assert c.turns[1].chosen == 0
+    assert (
+        collect_chunk(
+            ScriptedEngine(script),
+            ScriptedEngine(script),
+            ArithTask(),
+            PROBLEMS,
+            config(),
+            SamplingParams(),
+        )[1]
+        .turns[1]
+        .chosen
+        == 0
+    )
+
+
+def test_keep_states_exactly_after_correct_first_attempts():
+    learner, improver = ScriptedEngine(), ScriptedEngine()
+    cfg = config(keep_states=True)
+    a, b, c = collect_chunk(learner, improver, ArithTask(), PROBLEMS, cfg, SamplingParams())
+    assert improver.calls == [(["b", "c"], 3, 2 * 7919)]  # a keep state samples nothing
+    assert [t.source for t in a.turns] == ["policy", "keep"]
+    keep = a.turns[1]
+    assert keep.index == 2 and keep.chosen == 0
+    assert keep.attempts == [a.turns[0].attempts[0]]  # the same answer is the target
+    assert keep.messages == [
+        {"role": "user", "content": PROBLEMS[0].question},
+        {"role": "assistant", "content": boxed("2")},
+        retry(PROBLEMS[0]),  # "incorrect", after a correct answer: the no-oracle state
+    ]
+    assert [t.source for t in b.turns] == ["policy", "self"]  # wrong first: no keep state
+    assert [t.source for t in c.turns] == ["policy", "self"]
+    b_solved_late = collect_chunk(
+        ScriptedEngine(), ScriptedEngine(), ArithTask(), PROBLEMS, config(), SamplingParams()
+    )
+    assert [len(ep.turns) for ep in b_solved_late] == [1, 2, 2]  # off by default
+
+
+def test_a_collection_verifier_judges_and_the_plain_reward_is_kept(tmp_path):
+    checker = tmp_path / "checker.py"
+    checker.write_text(
+        "def no_guesses(problem, response):\n"
+        "    if 'guess' in response:\n"
+        "        return 0\n"
+        "    return 1 if response.endswith('{' + problem.answer + '}') else 0\n"
+    )
+    script = {
+        "a": {1: ["guess " + boxed("2")], 2: [boxed("2"), "guess " + boxed("2"), NO]},
+        "b": {1: [boxed("4")]},
+        "c": {1: [NO], 2: ["guess " + boxed("6"), boxed("5"), boxed("6")]},
+    }
+    cfg = config(verifier=f"{checker}:no_guesses")
+    a, b, c = collect_chunk(
+        ScriptedEngine(script), ScriptedEngine(script), ArithTask(), PROBLEMS, cfg, SamplingParams()
+    )
+    assert [x.reward for x in a.turns[0].attempts] == [0]  # demoted: the episode goes on
+    assert [x.plain_reward for x in a.turns[0].attempts] == [1]
+    assert [(x.reward, x.plain_reward) for x in a.turns[1].attempts] == [(1, 1), (0, 1), (0, -1)]
+    assert a.turns[1].chosen == 0 and len(b.turns) == 1
+    assert c.turns[1].chosen == 2  # the guessed right answer is not the target
+    assert c.turns[1].attempts[0].answer == "6"  # a bare reward: the boxed answer is kept
+    table = collection_table([a, b, c])
+    demoted = [cell for cell in table.columns[7].cells]
+    assert demoted == ["1/2 (50%)", "2/4 (50%)"]
+
+
 def test_collect_chunk_turn1_on_policy_then_best_of_n_from_the_improver():
     learner, improver = ScriptedEngine(), ScriptedEngine()
     eps = collect_chunk(learner, improver, ArithTask(), PROBLEMS, config(), SamplingParams())
@@ -175,6 +286,7 @@ def test_collect_chunk_skips_degenerate_and_stops_when_all_are():
         ({"context_window": 0}, "context_window must be between 1 and turns"),
         ({"limit": 0}, "limit must be at least 1"),
         ({"chunk_size": 0}, "chunk_size must be at least 1"),
+        ({"selection": "nearest"}, "selection must be one of first, closest"),
     ],
 )
 def test_collect_config_validation(kwargs, message):

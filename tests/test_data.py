@@ -12,6 +12,7 @@ import pytest
 from rise_llm.data import DATA, BuildDataConfig, build, examples_from_episode, keep, rwr_weight
 from rise_llm.errors import RiseError
 from rise_llm.records import (
+    KEEP,
     Attempt,
     CollectedEpisode,
     CollectedTurn,
@@ -175,8 +176,69 @@ def test_build_missing_episodes_names_the_path(tmp_path):
         ({"tau": 0}, "tau must be positive"),
         ({"tau": -0.4}, "tau must be positive"),
         ({"episodes": []}, "at least one collection"),
+        ({"keep_ratio": -1}, "keep_ratio must be 0 or more"),
+        ({"progress_bonus": -0.5}, "progress_bonus must be 0 or more"),
     ],
 )
 def test_build_data_config_validation(kwargs, message):
     with pytest.raises(RiseError, match=message):
         BuildDataConfig(**{"episodes": ["c"], "out": "d", **kwargs})
+
+
+def with_keep_state(ep: CollectedEpisode) -> CollectedEpisode:
+    """`ep` (solved at turn 1) with the keep state `rise collect --keep-states` records."""
+    first = ep.turns[0]
+    answer = first.chosen_attempt
+    messages = [*first.messages, {"role": "assistant", "content": answer.response}, RETRY]
+    keep_state = CollectedTurn(index=2, messages=messages, attempts=[answer], chosen=0, source=KEEP)
+    return CollectedEpisode(problem_id=ep.problem_id, turns=[first, keep_state])
+
+
+def test_keep_states_become_examples_that_keep_the_answer():
+    ep = with_keep_state(episode("k", answers=[("2", 1)]))
+    first, kept = examples_from_episode(ep, "all", 0.4)
+    assert (kept.turn, kept.reward, kept.source) == (2, 1, KEEP)
+    assert kept.messages[-1] == kept.messages[1] == {"role": "assistant", "content": "\\boxed{2}"}
+    assert kept.messages[-2] == RETRY
+    assert kept.weight == pytest.approx(math.exp(2.5))
+    assert first.source == "policy"
+    assert [ex.source for ex in examples_from_episode(ep, "better", 0.4)] == ["policy"]
+
+
+@pytest.mark.parametrize(
+    ("keeps", "repairs", "ratio", "kept"),
+    [(3, 2, 1.0, 2), (3, 2, 0.5, 1), (1, 2, 1.0, 1), (3, 2, 0.0, 0), (3, 0, 1.0, 0), (4, 3, 2, 4)],
+)
+def test_keep_ratio_caps_keep_states_per_repair(tmp_path, keeps, repairs, ratio, kept):
+    solved = [with_keep_state(episode(f"k{i}", answers=[("2", 1)])) for i in range(keeps)]
+    repaired = [episode(f"r{i}") for i in range(repairs)]  # wrong, then right: a repair
+    src = write_collection(tmp_path / "c", solved + repaired)
+    settings = dict(episodes=[str(src)], keep_ratio=ratio, dedupe=False)  # all ask 1 + 1
+    exs = build(BuildDataConfig(**settings, out=str(tmp_path / "d")))
+    assert sum(ex.source == KEEP for ex in exs) == kept
+    assert sum(ex.turn == 1 for ex in exs) == keeps + repairs  # first attempts all stay
+    again = build(BuildDataConfig(**settings, out=str(tmp_path / "e")))
+    assert again == exs  # the same keep states every time
+
+
+@pytest.mark.parametrize(
+    ("answers", "bonus", "weights"),
+    [
+        ([("3", 0), ("2", 1)], 0.0, [1.0, math.exp(1 / 0.4)]),  # the reference
+        ([("3", 0), ("2", 1)], 2.0, [1.0, math.exp(3 / 0.4)]),  # a repair: 1 + 2 * (1 - 0)
+        ([("3", 0), ("4", 0)], 2.0, [1.0, 1.0]),  # no progress, no bonus
+        ([(None, -1), ("4", 0)], 1.0, [math.exp(-1 / 0.4), math.exp(1 / 0.4)]),  # 0 + 1 * 1
+        ([("2", 1)], 2.0, [math.exp(1 / 0.4)]),  # the first turn is never shaped
+    ],
+)
+def test_progress_bonus_shapes_later_turns(answers, bonus, weights):
+    exs = examples_from_episode(episode(answers=answers), "all", 0.4, progress_bonus=bonus)
+    assert [ex.weight for ex in exs] == pytest.approx(weights)
+    assert [ex.reward for ex in exs] == [r for _, r in answers]  # the stored reward is r_t
+
+
+def test_progress_bonus_keeps_a_kept_answer_at_its_own_weight():
+    ep = with_keep_state(episode("k", answers=[("2", 1)]))
+    assert [ex.weight for ex in examples_from_episode(ep, "all", 0.4, 2.0)] == pytest.approx(
+        [math.exp(2.5)] * 2
+    )

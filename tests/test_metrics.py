@@ -10,6 +10,7 @@ import pytest
 
 from rise_llm.metrics import (
     MAJORITY_RULE,
+    TRANSITIONS,
     Metrics,
     compute_metrics,
     majority_answer,
@@ -134,12 +135,16 @@ def test_compute_metrics_three_problems_three_turns() -> None:
             "correct->wrong": 1,
             "wrong->correct": 1,
             "wrong->wrong": 1,
+            "wrong->wrong unchanged": 1,  # the helper's responses are all empty
+            "wrong->correct edit": 0,
         },
         "2->3": {
             "correct->correct": 1,
             "correct->wrong": 0,
             "wrong->correct": 1,
             "wrong->wrong": 1,
+            "wrong->wrong unchanged": 1,  # the helper's responses are all empty
+            "wrong->correct edit": 0,
         },
     }
     assert m["majority_rule"] == MAJORITY_RULE
@@ -158,12 +163,37 @@ def test_transition_counts_directly() -> None:
     eps = [ep for ep in three_problem_run() if ep.mode == "no_oracle"]
     assert transition_counts(eps, 1) == {
         "correct->correct": 0, "correct->wrong": 1, "wrong->correct": 1, "wrong->wrong": 1,
+        "wrong->wrong unchanged": 1, "wrong->correct edit": 0,
     }  # fmt: skip
     assert transition_counts(eps, 2) == {
         "correct->correct": 1, "correct->wrong": 0, "wrong->correct": 1, "wrong->wrong": 1,
+        "wrong->wrong unchanged": 1, "wrong->correct edit": 0,
     }  # fmt: skip
     assert transition_counts([], 1) == {
         "correct->correct": 0, "correct->wrong": 0, "wrong->correct": 0, "wrong->wrong": 0,
+        "wrong->wrong unchanged": 0, "wrong->correct edit": 0,
+    }  # fmt: skip
+
+
+def said(response: str, reward: int) -> Turn:
+    return Turn(index=0, messages=[], response=response, answer=None, reward=reward)
+
+
+def test_transitions_count_unchanged_repeats_and_edits() -> None:
+    wrong = "1 + 2 = 4\n4 + 3 = 7\nAnswer: \\boxed{7}"
+    edited = "1 + 2 = 4\n4 + 3 = 6\nAnswer: \\boxed{6}"  # keeps line 1 (the answer 6 counts)
+    fresh = "1 + 2 = 3\n3 + 3 = 6\nAnswer: \\boxed{6}"
+    pairs = [
+        (said(wrong, W), said(wrong, W)),  # repeated unchanged
+        (said(wrong, W), said(edited, W)),  # changed, still wrong
+        (said(wrong, W), said(edited, R)),  # an edit
+        (said(wrong, W), said(fresh, R)),  # a fresh attempt
+        (said(fresh, R), said(fresh, R)),  # right kept (a copy, but not a wrong one)
+    ]
+    eps = [Episode(problem_id=str(i), mode="no_oracle", turns=list(p)) for i, p in enumerate(pairs)]
+    assert transition_counts(eps, 1) == {
+        "correct->correct": 1, "correct->wrong": 0, "wrong->correct": 2, "wrong->wrong": 2,
+        "wrong->wrong unchanged": 1, "wrong->correct edit": 1,
     }  # fmt: skip
 
 
@@ -174,7 +204,7 @@ def test_fractions_in_unit_interval_and_n_counts_problems() -> None:
     assert all(0.0 <= v <= 1.0 for v in fractions.values())
     # 15 episodes, but 3 problems
     assert m["n"] == 3
-    assert sum(m["transitions"]["1->2"].values()) == 3
+    assert sum(m["transitions"]["1->2"][k] for k in TRANSITIONS) == 3
 
 
 def test_k1_no_oracle_and_oracle() -> None:

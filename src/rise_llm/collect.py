@@ -8,6 +8,14 @@ the learner itself (self-distillation) or from a teacher model through the same 
 one. Every sampled response is kept with its reward, so `build-data` can rebuild the training
 set under other criteria without sampling again.
 
+Three opt-in levers change what the improved responses teach (issue "self-correction"; the
+defaults are the reference): `verifier` judges collection with another verifier than the
+task's (arith's `strict` also checks every line, so a right total reached through wrong lines
+is not a target); `selection: closest` keeps, among the samples of the best reward, the one
+most similar to the previous attempt (a repair rather than a fresh attempt, `edits.py`);
+`keep_states` records, after each correct first attempt, the state the no-oracle evaluation
+lives in ("incorrect" after a correct answer) with that same answer as its target.
+
 Problems are processed in chunks; turn t of all episodes of a chunk is one batched engine call.
 Each finished chunk is appended to `episodes.jsonl`, so a rerun after a kill skips the problems
 already collected: nothing is lost or duplicated. `--shard I/N` collects only part I of N of the
@@ -24,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rise_llm import edits
 from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import (
+    KEEP,
     Attempt,
     CollectedEpisode,
     CollectedTurn,
@@ -41,8 +51,10 @@ from rise_llm.report import collection_table, stdout
 from rise_llm.rollout import context
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import Task
+from rise_llm.verifiers import stage_verifier
 
 EPISODES = "episodes.jsonl"
+SELECTIONS = ("first", "closest")
 WHOLE = "0/1"
 """The shard of an unsharded collection: part 0 of 1."""
 
@@ -69,6 +81,18 @@ class CollectConfig:
         temperature / top_p / max_new_tokens / seed: sampling (reference temperature: 1.0).
         max_word_repeats: a response where one word appears more often is degenerate and is
             never chosen (reference: 150).
+        verifier: judges the samples instead of the task's verifier (rewards, choice, and so
+            the training weights): a name the task offers (arith: `strict`, every line right
+            and chained) or any `verifier` form of `verifiers.py` (module:function,
+            file.py:function, an entry point). None is the task's own; evaluation always uses
+            the task's own, so accuracy stays comparable. Each sample also records the task's
+            own reward (`plain_reward`) so the summary can count what the verifier demoted.
+        selection: which of the samples of the best reward continues the episode: `first`
+            (reference) or `closest` (most similar to the previous attempt, `edits.py`).
+        keep_states: after each correct first attempt, also record a state with the retry
+            message and that same attempt as its target (source `keep`): it teaches to keep a
+            right answer when told it is wrong. `rise build-data --keep-ratio` caps how many
+            are trained per repair.
         chunk_size: problems per resumable chunk.
         device / dtype / batch_size: as for `rise evaluate`.
         engine_options: options of the openai engine, for openai: models (max_concurrency,
@@ -93,6 +117,9 @@ class CollectConfig:
     max_new_tokens: int | None = None
     seed: int = 0
     max_word_repeats: int = 150
+    verifier: str | None = None
+    selection: str = "first"
+    keep_states: bool = False
     chunk_size: int = 512
     device: str = "auto"
     dtype: str = "auto"
@@ -106,6 +133,10 @@ class CollectConfig:
             self.context_window = self.turns
         check_context_window("collect", self.context_window, self.turns)
         parse_shard(self.shard)
+        if self.selection not in SELECTIONS:
+            raise RiseError(
+                f"collect: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
+            )
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -143,10 +174,27 @@ def is_degenerate(text: str, max_word_repeats: int = 150) -> bool:
     return bool(counts) and max(counts.values()) > max_word_repeats
 
 
-def choose(attempts: list[Attempt]) -> int:
-    """Index of the best non-degenerate attempt (highest reward, earliest on ties), else -1."""
+def choose(attempts: list[Attempt], previous: str | None = None, selection: str = "first") -> int:
+    """Index of the best non-degenerate attempt, else -1.
+
+    Best is the highest reward; among those, the earliest (`first`, the reference) or the one
+    most similar to the `previous` attempt (`closest`; the earliest on ties).
+    """
     valid = [i for i, a in enumerate(attempts) if not a.degenerate]
-    return max(valid, key=lambda i: (attempts[i].reward, -i)) if valid else -1
+    if not valid:
+        return -1
+    top = max(attempts[i].reward for i in valid)
+    best = [i for i in valid if attempts[i].reward == top]
+    if selection == "closest" and previous is not None and len(best) > 1:
+        return best[edits.closest([attempts[i].response for i in best], previous)]
+    return best[0]
+
+
+def keep_turn(task: Task, problem: Problem, first: CollectedTurn, window: int) -> CollectedTurn:
+    """The state after a correct first attempt with the retry message, targeting that attempt."""
+    attempt = first.chosen_attempt
+    messages = context(task, problem, [attempt.response], window)
+    return CollectedTurn(index=2, messages=messages, attempts=[attempt], chosen=0, source=KEEP)
 
 
 def collect_chunk(
@@ -161,6 +209,7 @@ def collect_chunk(
     episodes = [CollectedEpisode(problem_id=p.id, turns=[]) for p in problems]
     running = list(range(len(problems)))
     source = "teacher" if config.teacher else "self"
+    judge = stage_verifier(task, config.verifier)
     for t in range(1, config.turns + 1):
         if not running:
             break
@@ -181,7 +230,8 @@ def collect_chunk(
         for i, messages, completions in zip(running, convs, outs, strict=True):
             attempts = []
             for c in completions:
-                verdict = task.verify(problems[i], c.text)
+                verdict = judge(problems[i], c.text)
+                plain = task.verify(problems[i], c.text).reward if config.verifier else None
                 attempts.append(
                     Attempt(
                         response=c.text,
@@ -189,9 +239,12 @@ def collect_chunk(
                         reward=verdict.reward,
                         num_tokens=c.num_tokens,
                         degenerate=is_degenerate(c.text, config.max_word_repeats),
+                        plain_reward=plain,
                     )
                 )
-            chosen = choose(attempts)
+            turns = episodes[i].turns
+            previous = turns[-1].chosen_attempt.response if turns else None
+            chosen = choose(attempts, previous, config.selection)
             episodes[i].turns.append(
                 CollectedTurn(
                     index=t,
@@ -203,6 +256,8 @@ def collect_chunk(
             )
             if chosen >= 0 and attempts[chosen].reward != 1:
                 still_running.append(i)
+            elif chosen >= 0 and t == 1 and config.keep_states:
+                turns.append(keep_turn(task, problems[i], turns[0], config.context_window))
         running = still_running
     return episodes
 

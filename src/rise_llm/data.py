@@ -10,10 +10,21 @@ is trained. Which examples are kept is the criterion:
 The first attempt is kept under every criterion except `success`. Exact duplicates can be
 removed. Each example's weight is exp(reward / tau), tau = 0.4 by default (r=1 -> 12.18,
 r=0 -> 1.0, r=-1 -> 0.082): reward-weighted regression.
+
+Two opt-in extras (issue "self-correction"; the defaults are the reference):
+- keep states (collected with `rise collect --keep-states`: the retry message after a correct
+  first attempt, targeting that same answer) are examples like any turn, at most `keep_ratio`
+  of them per repair example (a later turn that is not a keep state), so that "never change
+  anything" cannot dominate the data (SCoRe, arXiv 2409.12917, names that collapse);
+- `progress_bonus` alpha shapes the reward of a later turn as SCoRe does,
+  r_t + alpha * (r_t - r_(t-1)), before the weight exp(r / tau): a repair (0 -> 1) weighs more
+  than a kept right answer (1 -> 1), and breaking a right answer (1 -> 0) less than a repeated
+  wrong one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -26,7 +37,7 @@ from rich.table import Table
 from rise_llm.errors import RiseError
 from rise_llm.merge import read_collections
 from rise_llm.provenance import write_run_record
-from rise_llm.records import CollectedEpisode, TrainingExample, write_jsonl
+from rise_llm.records import KEEP, CollectedEpisode, TrainingExample, write_jsonl
 from rise_llm.report import stdout
 
 CRITERIA = ("all", "better", "best", "success")
@@ -44,6 +55,9 @@ class BuildDataConfig:
         criteria: which turns become examples: all, better, best or success.
         tau: temperature of the weights exp(reward / tau).
         dedupe: drop examples whose whole conversation is an exact duplicate of an earlier one.
+        keep_ratio: the most keep-state examples per repair example (0 drops them all).
+        progress_bonus: alpha of the shaped reward r_t + alpha * (r_t - r_(t-1)) of later turns
+            (SCoRe uses alpha > 1); 0 is the reference.
     """
 
     episodes: list[str]
@@ -51,6 +65,8 @@ class BuildDataConfig:
     criteria: str = "all"
     tau: float = 0.4
     dedupe: bool = True
+    keep_ratio: float = 1.0
+    progress_bonus: float = 0.0
 
     def __post_init__(self) -> None:
         if self.criteria not in CRITERIA:
@@ -61,6 +77,10 @@ class BuildDataConfig:
             raise RiseError(f"data: tau must be positive, got {self.tau}")
         if not self.episodes:
             raise RiseError("build-data: give at least one collection folder or episodes file")
+        if self.keep_ratio < 0:
+            raise RiseError(f"data: keep_ratio must be 0 or more, got {self.keep_ratio}")
+        if self.progress_bonus < 0:
+            raise RiseError(f"data: progress_bonus must be 0 or more, got {self.progress_bonus}")
 
 
 def rwr_weight(reward: float, tau: float = 0.4) -> float:
@@ -84,7 +104,20 @@ def keep(rewards: Sequence[int], t: int, criteria: str) -> bool:
     return r >= max(rewards[:t])  # best
 
 
-def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> list[TrainingExample]:
+def shaped_reward(rewards: Sequence[int], t: int, bonus: float) -> float:
+    """Turn t's reward plus `bonus` times its progress over turn t-1 (SCoRe's shaping).
+
+    >>> shaped_reward([0, 1], 1, 2.0), shaped_reward([1, 1], 1, 2.0), shaped_reward([1, 0], 1, 2.0)
+    (3.0, 1.0, -2.0)
+    """
+    if t == 0 or not bonus:
+        return rewards[t]
+    return rewards[t] + bonus * (rewards[t] - rewards[t - 1])
+
+
+def examples_from_episode(
+    ep: CollectedEpisode, criteria: str, tau: float, progress_bonus: float = 0.0
+) -> list[TrainingExample]:
     """The training examples of one collected episode, along the path it took."""
     path = [turn for turn in ep.turns if turn.chosen_attempt is not None]
     rewards = [turn.chosen_attempt.reward for turn in path]
@@ -97,20 +130,40 @@ def examples_from_episode(ep: CollectedEpisode, criteria: str, tau: float) -> li
             TrainingExample(
                 messages=[*turn.messages, {"role": "assistant", "content": attempt.response}],
                 reward=attempt.reward,
-                weight=rwr_weight(attempt.reward, tau),
+                weight=rwr_weight(shaped_reward(rewards, t, progress_bonus), tau),
                 turn=turn.index,
                 problem_id=ep.problem_id,
+                source=turn.source,
             )
         )
     return examples
+
+
+def cap_keep_states(examples: list[TrainingExample], ratio: float) -> list[TrainingExample]:
+    """At most `ratio` keep-state examples per repair example (a later turn, not a keep state).
+
+    Which keep states stay is decided by a hash of their problem id: the same on every rerun,
+    and unrelated to the order the problems were collected in.
+    """
+    keeps = [ex for ex in examples if ex.source == KEEP]
+    repairs = sum(1 for ex in examples if ex.turn > 1 and ex.source != KEEP)
+    allowed = int(ratio * repairs)
+    if len(keeps) <= allowed:
+        return examples
+    order = sorted(keeps, key=lambda ex: hashlib.sha256(ex.problem_id.encode()).hexdigest())
+    kept = {id(ex) for ex in order[:allowed]}
+    return [ex for ex in examples if ex.source != KEEP or id(ex) in kept]
 
 
 def build(config: BuildDataConfig) -> list[TrainingExample]:
     """Build `out/data.jsonl` from the collections and print a summary."""
     episodes = read_collections(config.episodes)
     examples = [
-        ex for ep in episodes for ex in examples_from_episode(ep, config.criteria, config.tau)
+        ex
+        for ep in episodes
+        for ex in examples_from_episode(ep, config.criteria, config.tau, config.progress_bonus)
     ]
+    examples = cap_keep_states(examples, config.keep_ratio)
     removed = 0
     if config.dedupe:
         seen: set[str] = set()
@@ -135,9 +188,12 @@ def build(config: BuildDataConfig) -> list[TrainingExample]:
 
 
 def data_table(examples: Sequence[TrainingExample], episodes: int, removed: int) -> Table:
-    """Examples per turn and reward, with the weight each reward gets."""
-    counts = Counter((ex.turn, ex.reward) for ex in examples)
-    weights = {ex.reward: ex.weight for ex in examples}
+    """Examples per turn (keep states apart) and reward, with the mean weight of each reward."""
+
+    def row_of(ex: TrainingExample) -> str:
+        return f"{ex.turn} keep" if ex.source == KEEP else str(ex.turn)
+
+    counts = Counter((row_of(ex), ex.reward) for ex in examples)
     total_weight = sum(ex.weight for ex in examples)
     table = Table(
         title=f"Training data: {len(examples)} examples from {episodes} episodes"
@@ -146,17 +202,15 @@ def data_table(examples: Sequence[TrainingExample], episodes: int, removed: int)
     table.add_column("turn", justify="right")
     for r in (1, 0, -1):
         table.add_column(f"reward {r:+d}", justify="right")
-    for t in sorted({ex.turn for ex in examples}):
-        table.add_row(str(t), *(str(counts[(t, r)]) for r in (1, 0, -1)))
+    for label in sorted({row_of(ex) for ex in examples}):
+        table.add_row(label, *(str(counts[(label, r)]) for r in (1, 0, -1)))
+    by_reward = {r: [ex.weight for ex in examples if ex.reward == r] for r in (1, 0, -1)}
     table.add_row(
         "weight",
-        *(f"{weights[r]:.3f}" if r in weights else "-" for r in (1, 0, -1)),
+        *(f"{sum(w) / len(w):.3f}" if w else "-" for w in by_reward.values()),
     )
     table.add_row(
         "share of weight",
-        *(
-            f"{sum(ex.weight for ex in examples if ex.reward == r) / total_weight:.1%}"
-            for r in (1, 0, -1)
-        ),
+        *(f"{sum(w) / total_weight:.1%}" for w in by_reward.values()),
     )
     return table

@@ -5,7 +5,10 @@ With K turns:
 - m1@tK: majority vote over the extracted answers of turns 1..K of the no-oracle run.
 - p1@tK: fraction of problems solved at some turn <= K in the oracle run.
 - m{K}@t1 / p{K}@t1: majority vote / any-correct over K independent turn-1 samples.
-- transitions t->t+1: counts of correct->correct, correct->wrong, wrong->correct, wrong->wrong.
+- transitions t->t+1: counts of correct->correct, correct->wrong, wrong->correct, wrong->wrong;
+  and two failure-mode counts: `wrong->wrong unchanged` (the same response again: the
+  minimal-edit collapse SCoRe warns of) and `wrong->correct edit` (the correction keeps the
+  wrong attempt's first line: a repair rather than a fresh attempt, `edits.is_edit`).
 
 Majority rule (stated in every report): attempts with no extractable answer do not vote; the
 answer with most votes wins; a tie goes to the tied answer given most recently (for parallel
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rise_llm.edits import is_edit
 from rise_llm.records import SCHEMA_VERSION, Episode, Turn
 
 MAJORITY_RULE = (
@@ -150,15 +154,24 @@ def compute_metrics(episodes: Sequence[Episode], turns: int) -> Metrics:
     return metrics
 
 
+TRANSITIONS = ("correct->correct", "correct->wrong", "wrong->correct", "wrong->wrong")
+FAILURE_MODES = ("wrong->wrong unchanged", "wrong->correct edit")
+
+
 def transition_counts(episodes: Sequence[Episode], t: int) -> dict[str, int]:
-    """Counts of correctness changes from turn t to turn t+1 (1-based) over no-oracle episodes."""
+    """Counts of correctness changes from turn t to turn t+1 (1-based) over no-oracle episodes,
+    with the unchanged wrong repeats and the corrections that are edits (module docstring)."""
     counts = Counter()
     for ep in episodes:
-        before = "correct" if ep.turns[t - 1].correct else "wrong"
-        after = "correct" if ep.turns[t].correct else "wrong"
+        first, second = ep.turns[t - 1], ep.turns[t]
+        before = "correct" if first.correct else "wrong"
+        after = "correct" if second.correct else "wrong"
         counts[f"{before}->{after}"] += 1
-    keys = ("correct->correct", "correct->wrong", "wrong->correct", "wrong->wrong")
-    return {k: counts[k] for k in keys}
+        if before == "wrong" and after == "wrong" and first.response == second.response:
+            counts["wrong->wrong unchanged"] += 1
+        if before == "wrong" and after == "correct" and is_edit(first.response, second.response):
+            counts["wrong->correct edit"] += 1
+    return {k: counts[k] for k in TRANSITIONS + FAILURE_MODES}
 
 
 def per_problem(episodes: Sequence[Episode], turns: int) -> dict[str, dict[str, float]]:

@@ -61,6 +61,8 @@ class DataSection:
     criteria: str = "all"
     tau: float = 0.4
     dedupe: bool = True
+    keep_ratio: float = 1.0
+    progress_bonus: float = 0.0
     cumulative: bool = False
 
 
@@ -165,6 +167,8 @@ class RunConfig:
             criteria=section.criteria,
             tau=section.tau,
             dedupe=section.dedupe,
+            keep_ratio=section.keep_ratio,
+            progress_bonus=section.progress_bonus,
         )
 
     def train_config(self, k: int) -> train.TrainConfig:

@@ -90,6 +90,8 @@ class Attempt:
 
     `degenerate` marks a response dropped by the repetition filter (METHOD.md); it is kept in
     the file so that nothing sampled is lost, but it is never chosen or trained on.
+    `plain_reward` is the task's own reward when the collection judged with another verifier
+    (`reward` is then that verifier's), None otherwise.
     """
 
     response: str
@@ -97,10 +99,15 @@ class Attempt:
     reward: int
     num_tokens: int = 0
     degenerate: bool = False
+    plain_reward: int | None = None
 
     @property
     def correct(self) -> bool:
         return self.reward == 1
+
+
+KEEP = "keep"
+"""The source of a keep state (`CollectedTurn.source`, `TrainingExample.source`)."""
 
 
 @dataclass
@@ -109,8 +116,9 @@ class CollectedTurn:
 
     messages: what the model saw; attempts: all samples (1 on-policy, or N improved ones);
     chosen: index of the attempt the episode continued from (-1 if every sample was degenerate);
-    source: "policy" (the learner's on-policy attempt), "self" (best-of-N from the learner) or
-    "teacher" (best-of-N from the teacher model).
+    source: "policy" (the learner's on-policy attempt), "self" (best-of-N from the learner),
+    "teacher" (best-of-N from the teacher model) or "keep" (the retry message after a correct
+    first attempt, whose one attempt is that same answer: `rise collect --keep-states`).
     """
 
     index: int
@@ -137,6 +145,7 @@ class TrainingExample:
     """One RISE training example: the conversation whose last (assistant) turn is trained.
 
     weight = exp(reward / tau) (reward-weighted regression, METHOD.md "Training data").
+    source: the collected turn's source ("policy", "self", "teacher", "keep"), "" when unknown.
     """
 
     messages: list[Message]
@@ -144,6 +153,7 @@ class TrainingExample:
     weight: float
     turn: int
     problem_id: str
+    source: str = ""
 
 
 R = TypeVar(

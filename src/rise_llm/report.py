@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from rise_llm.metrics import Claim
-from rise_llm.records import CollectedEpisode, CollectedTurn
+from rise_llm.edits import is_edit
+from rise_llm.metrics import FAILURE_MODES, TRANSITIONS, Claim
+from rise_llm.records import KEEP, CollectedEpisode, CollectedTurn
 
 stdout = Console()
 
@@ -40,11 +41,11 @@ def transitions_table(metrics: Mapping[str, Any]) -> Table:
     """Correct/wrong transitions between consecutive turns of the no-oracle run."""
     table = Table(title="Turn transitions (no oracle)")
     table.add_column("turns")
-    keys = ("correct->correct", "correct->wrong", "wrong->correct", "wrong->wrong")
+    keys = TRANSITIONS + FAILURE_MODES
     for k in keys:
         table.add_column(k, justify="right")
     for step, counts in metrics.get("transitions", {}).items():
-        table.add_row(step, *(str(counts[k]) for k in keys))
+        table.add_row(step, *(str(counts[k]) if k in counts else "-" for k in keys))
     return table
 
 
@@ -59,27 +60,47 @@ def print_metrics(rows: Mapping[str, Mapping[str, Any]]) -> None:
 
 
 def collection_table(episodes: Sequence[CollectedEpisode]) -> Table:
-    """Per collection turn: states reached, samples drawn, mean sample reward, states solved."""
+    """Per collection turn and source: states reached, samples drawn, mean sample reward, states
+    solved; `demoted`, when a collection verifier judged, counts the samples the task's verifier
+    calls correct and it does not; `edits`, the share of solved later states whose chosen
+    response keeps the previous attempt's first line (`edits.is_edit`) rather than starting
+    afresh."""
     table = Table(title=f"Collection ({len(episodes)} problems)")
-    for name in ("turn", "source", "states", "samples", "mean reward", "solved", "degenerate"):
+    names = ("turn", "source", "states", "samples", "mean reward", "solved", "degenerate")
+    for name in (*names, "demoted", "edits"):
         table.add_column(name, justify="left" if name == "source" else "right")
-    by_turn: dict[int, list[CollectedTurn]] = {}
+    rows: dict[tuple[int, str], list[tuple[CollectedTurn, str | None]]] = {}
     for ep in episodes:
+        previous = None
         for turn in ep.turns:
-            by_turn.setdefault(turn.index, []).append(turn)
-    for t, turns in sorted(by_turn.items()):
+            rows.setdefault((turn.index, turn.source), []).append((turn, previous))
+            if turn.chosen_attempt is not None:
+                previous = turn.chosen_attempt.response
+    for (t, source), entries in sorted(rows.items()):
+        turns = [turn for turn, _ in entries]
         attempts = [a for turn in turns for a in turn.attempts]
-        solved = sum(1 for turn in turns if (a := turn.chosen_attempt) and a.correct)
+        solved = [(turn.chosen_attempt, prev) for turn, prev in entries if _solved(turn)]
+        judged = [a for a in attempts if a.plain_reward is not None]
+        plain_correct = sum(a.plain_reward == 1 for a in judged)
+        demoted = sum(a.plain_reward == 1 and a.reward != 1 for a in judged)
+        repairs = [(a, prev) for a, prev in solved if prev is not None and source != KEEP]
+        edited = sum(is_edit(prev, a.response) for a, prev in repairs)
         table.add_row(
             str(t),
-            turns[0].source,
+            source,
             str(len(turns)),
             str(len(attempts)),
             f"{sum(a.reward for a in attempts) / len(attempts):+.3f}",
-            f"{solved} ({solved / len(turns):.0%})",
+            f"{len(solved)} ({len(solved) / len(turns):.0%})",
             str(sum(a.degenerate for a in attempts)),
+            f"{demoted}/{plain_correct} ({demoted / plain_correct:.0%})" if plain_correct else "-",
+            f"{edited}/{len(repairs)} ({edited / len(repairs):.0%})" if repairs else "-",
         )
     return table
+
+
+def _solved(turn: CollectedTurn) -> bool:
+    return turn.chosen_attempt is not None and turn.chosen_attempt.correct
 
 
 def claims_table(claims: Sequence[Claim], title: str) -> Table:

@@ -170,3 +170,28 @@ def as_verdict(result: Any, response: str, spec: str, problem: Problem) -> Verdi
             "return 1 (correct), 0 (wrong), -1 (no answer) or a Verdict"
         )
     return Verdict(answer=None if reward == -1 else answer, reward=reward)
+
+
+def stage_verifier(task: Any, spec: str | None) -> Callable[[Problem, str], Verdict]:
+    """The verdict function of a stage that may judge with another verifier than the task's.
+
+    None is the task's own `verify`. Otherwise `spec` is a verifier the task offers by name
+    (its `verifiers` mapping, e.g. arith's `strict`) or any form `load_verifier` reads, whose
+    return value is read as by `as_verdict`. Collection can so weight and choose responses with
+    a stricter check (a process checker) while evaluation keeps the task's plain one.
+    """
+    if spec is None:
+        return task.verify
+    own = getattr(task, "verifiers", {})
+    if spec in own:
+        return own[spec]
+    try:
+        function = load_verifier(spec)
+    except RiseError as e:
+        offered = f"; task {task.name!r} offers: {', '.join(own)}" if own else ""
+        raise RiseError(f"{e}{offered}") from None
+
+    def verify(problem: Problem, response: str) -> Verdict:
+        return as_verdict(function(problem, response), response, spec, problem)
+
+    return verify

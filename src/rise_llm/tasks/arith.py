@@ -5,12 +5,20 @@ solved one step per line and ending in `\\boxed{23}`. It needs no download, so t
 tests run anywhere, and its difficulty is set by two knobs: the operand range and the number of
 steps. Splits are a partition of the problem space by a hash of the problem text, so train and
 test never share a problem whatever the seed or size.
+
+Two verifiers: `verify` (the task's own, used for evaluation) checks the final answer only;
+`verify_strict` (offered to collection as verifier `strict`) also checks the work: a response is
+correct only when its lines are the problem's steps in order, each `a op b = c` right and chained
+(each line's first operand is the previous line's result). A sampled toy model often reaches the
+right total through wrong lines; training on such "correct" targets teaches wrong arithmetic.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rise_llm.answers import canonical_number, last_boxed, parse_number
@@ -56,6 +64,42 @@ def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
         lines.append(f"{value} {op} {operand} = {result}")
         value = result
     return lines
+
+
+LINE = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+"""One step of a solution: `a op b = c`."""
+
+
+def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str | None:
+    """Why the response's lines are not the problem's steps done right, or None when they are.
+
+    The lines before the final answer must be exactly one `a op b = c` per step, in order: the
+    first operand is the start (first line) or the previous line's result (chained), the
+    operation and second operand are the step's, and the result is right.
+
+    >>> work_error(6, [("+", 4), ("-", 8)], "6 + 4 = 11\\n11 - 8 = 3\\nAnswer: \\\\boxed{3}")
+    'line 1: 6 + 4 = 11 is wrong (6 + 4 = 10)'
+    """
+    lines = [ln for ln in response.splitlines() if ln.strip()]
+    work = [ln for ln in lines if "\\boxed" not in ln and not ln.strip().startswith("Answer")]
+    value = start
+    for i, (op, operand) in enumerate(steps, start=1):
+        if i > len(work):
+            return f"line {i} is missing ({len(steps)} steps, {len(work)} lines)"
+        match = LINE.match(work[i - 1])
+        if match is None:
+            return f"line {i}: {work[i - 1].strip()!r} is not `a op b = c`"
+        a, got_op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+        if a != value:
+            return f"line {i}: starts from {a}, not {value} (the chain is broken)"
+        if (got_op, b) != (op, operand):
+            return f"line {i}: does `{got_op} {b}`, the problem's step {i} is `{op} {operand}`"
+        value = apply(value, op, operand)
+        if c != value:
+            return f"line {i}: {a} {op} {b} = {c} is wrong ({a} {op} {b} = {value})"
+    if len(work) > len(steps):
+        return f"{len(work) - len(steps)} line(s) past the problem's {len(steps)} steps"
+    return None
 
 
 def format_solution(lines: list[str], answer: int | str) -> str:
@@ -162,6 +206,20 @@ class ArithTask:
         """The correct step-by-step solution, as the toy model is taught to write it."""
         steps = [(op, int(v)) for op, v in problem.meta["steps"]]
         return format_solution(solution_lines(problem.meta["start"], steps), problem.answer)
+
+    @property
+    def verifiers(self) -> dict[str, Callable[[Problem, str], Verdict]]:
+        """Other verifiers a stage may use instead of `verify` (`rise collect --verifier`)."""
+        return {"strict": self.verify_strict}
+
+    def verify_strict(self, problem: Problem, response: str) -> Verdict:
+        """`verify`, and a correct answer counts only when every line is right and chained."""
+        verdict = self.verify(problem, response)
+        if verdict.reward == 1:
+            steps = [(op, int(v)) for op, v in problem.meta["steps"]]
+            if work_error(problem.meta["start"], steps, response) is not None:
+                return Verdict(answer=verdict.answer, reward=0)
+        return verdict
 
     def verify(self, problem: Problem, response: str) -> Verdict:
         boxed = last_boxed(response)
