@@ -150,6 +150,12 @@ def _run(args: argparse.Namespace) -> None:
     run(load_run_config(args.config, overrides))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from rise_llm.compare import CompareConfig, compare
+
+    compare(config_from_flags(CompareConfig, args, "compare"))
+
+
 def _serve(args: argparse.Namespace) -> None:
     from rise_llm.serve import ServeConfig, run
 
@@ -164,6 +170,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from rise_llm.collect import CollectConfig
+    from rise_llm.compare import CompareConfig
     from rise_llm.data import BuildDataConfig
     from rise_llm.demo import DemoConfig
     from rise_llm.evaluate import EvaluateConfig
@@ -193,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("merge", "join the shards of a `collect --shard I/N` collection", MergeConfig, _merge),
         ("build-data", "weighted training examples from collections", BuildDataConfig, _build_data),
         ("train", "reward-weighted fine-tuning (full or LoRA)", TrainConfig, _train),
+        (
+            "compare",
+            "models evaluated on the same problems against a base, with intervals",
+            CompareConfig,
+            _compare,
+        ),
     ]
     for name, help_text, cls, handler in stages:
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or "").split("\n")[0])

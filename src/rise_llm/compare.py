@@ -1,0 +1,179 @@
+"""`rise compare`: several models evaluated on the same problems, each against one base.
+
+The ablation table of the self-correction issue: for each model, its turn curve, the paper's
+four claims against the base with paired bootstrap 95% intervals (`metrics.rise_claims`), the
+rise from turn 1 to turn 2 (acc@2 - acc@1, paired over problems), and the turn-1 -> turn-2
+transitions that say *why* a curve rises or falls: right answers kept, wrong ones fixed, wrong
+ones repeated unchanged (SCoRe's minimal-edit collapse), and the share of corrections that are
+edits of the failed attempt (`edits.is_edit`) rather than fresh attempts.
+
+Every number is recomputed from the evaluations' episodes.jsonl, so folders evaluated before a
+metric existed get it too. Output: a table on the terminal, and with `out` a comparison.json and
+a comparison.md (the Markdown table the README quotes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from rise_llm.errors import RiseError
+from rise_llm.metrics import compute_metrics, paired_bootstrap, rise_claims
+from rise_llm.records import Episode, read_stage_outputs
+from rise_llm.report import stdout
+
+
+@dataclass
+class CompareConfig:
+    """Settings of `rise compare`.
+
+    Args:
+        base: the base model's evaluation folder (holding episodes.jsonl).
+        models: label=folder of each model's evaluation on the same problems, in table order.
+        seed: bootstrap seed.
+        out: folder for comparison.json and comparison.md (none: print only).
+    """
+
+    base: str
+    models: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise RiseError("compare: give at least one model as --model LABEL=EVAL_FOLDER")
+
+
+@dataclass
+class Row:
+    """One model's line of the ablation table; intervals are [estimate, low, high]."""
+
+    label: str
+    n: int
+    acc: list[float]
+    sequential_vs_parallel: list[float]
+    turn_gain_vs_base: list[float]
+    oracle_gain: list[float]
+    acc1_change: list[float]
+    turn2_rise: list[float]
+    right_kept: float
+    wrong_fixed: float
+    wrong_unchanged: float
+    edit_share: float
+
+
+def _episodes(folder: str) -> list[Episode]:
+    return read_stage_outputs([folder], "episodes.jsonl", Episode, "run `rise evaluate` first")
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else float("nan")
+
+
+def compare_row(label: str, base: list[Episode], episodes: list[Episode], seed: int) -> Row:
+    """The table row of one model's episodes against the base's (same problems, same K)."""
+    turns = max(len(ep.turns) for ep in episodes if ep.mode == "no_oracle")
+    metrics = compute_metrics(episodes, turns)
+    oracle, sequential, gain, acc1 = rise_claims(base, episodes, turns, seed)
+    no_oracle = sorted(
+        (ep for ep in episodes if ep.mode == "no_oracle"), key=lambda ep: ep.problem_id
+    )
+    rise = [float(ep.turns[1].correct) - float(ep.turns[0].correct) for ep in no_oracle]
+    t = metrics.transitions["1->2"]
+    wrong_first = t["wrong->correct"] + t["wrong->wrong"]
+
+    def interval(c) -> list[float]:
+        return [c.estimate, c.low, c.high]
+
+    return Row(
+        label=label,
+        n=metrics.n,
+        acc=metrics.acc,
+        sequential_vs_parallel=interval(sequential),
+        turn_gain_vs_base=interval(gain),
+        oracle_gain=interval(oracle),
+        acc1_change=interval(acc1),
+        turn2_rise=list(paired_bootstrap(rise, seed=seed)),
+        right_kept=_share(t["correct->correct"], t["correct->correct"] + t["correct->wrong"]),
+        wrong_fixed=_share(t["wrong->correct"], wrong_first),
+        wrong_unchanged=_share(t["wrong->wrong unchanged"], wrong_first),
+        edit_share=_share(t["wrong->correct edit"], t["wrong->correct"]),
+    )
+
+
+def compare(config: CompareConfig) -> list[Row]:
+    """The base's row (against itself) and each model's, printed and optionally written."""
+    base = _episodes(config.base)
+    rows = [compare_row("base", base, base, config.seed)]
+    for label, folder in config.models.items():
+        rows.append(compare_row(label, base, _episodes(folder), config.seed))
+    stdout.print(comparison_table(rows))
+    if config.out:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        record: dict[str, Any] = {"config": asdict(config), "rows": [asdict(r) for r in rows]}
+        (out / "comparison.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / "comparison.md").write_text(comparison_markdown(rows))
+        stdout.print(f"wrote {out / 'comparison.json'} and comparison.md")
+    return rows
+
+
+COLUMNS = (
+    "model",
+    "acc@1..acc@K",
+    "m1@tK - mK@t1",
+    "turn gain vs base",
+    "p1@tK gain",
+    "acc@1 change",
+    "acc@2 - acc@1",
+    "right kept",
+    "wrong fixed",
+    "wrong unchanged",
+    "edits",
+)
+
+
+def _cells(row: Row) -> list[str]:
+    def ci(values: list[float]) -> str:
+        estimate, low, high = values
+        return f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+    def pct(x: float) -> str:
+        return "-" if x != x else f"{x:.0%}"  # NaN: nothing to divide
+
+    first = row.label == "base"
+    return [
+        row.label,
+        " ".join(f"{a:.3f}" for a in row.acc),
+        ci(row.sequential_vs_parallel),
+        "" if first else ci(row.turn_gain_vs_base),
+        "" if first else ci(row.oracle_gain),
+        "" if first else ci(row.acc1_change),
+        ci(row.turn2_rise),
+        pct(row.right_kept),
+        pct(row.wrong_fixed),
+        pct(row.wrong_unchanged),
+        pct(row.edit_share),
+    ]
+
+
+def comparison_table(rows: list[Row]) -> Table:
+    table = Table(
+        title=f"Against base on the same {rows[0].n} problems (paired bootstrap 95%; "
+        "transitions turn 1 -> 2, no oracle)"
+    )
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        table.add_row(*_cells(row))
+    return table
+
+
+def comparison_markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
