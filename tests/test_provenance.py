@@ -32,3 +32,18 @@ def test_may_grow_fields_only_grow(tmp_path):
     assert check_settings(tmp_path, {"iterations": 3}, "a run", may_grow=("iterations",))
     with pytest.raises(RiseError, match="only iterations may grow"):
         check_settings(tmp_path, {"iterations": 1}, "a run", may_grow=("iterations",))
+
+
+def test_settings_added_later_resume_at_their_default(tmp_path):
+    """A collection recorded before `selection` existed resumes with its default, `first`."""
+    from rise_llm.collect import CollectConfig
+
+    write_run_record(tmp_path, {"samples": 16})
+    now = {"samples": 16, "selection": "first", "verifier": None}
+    assert check_settings(tmp_path, now, "a collection", defaults=CollectConfig)
+    with pytest.raises(RiseError, match=r"different settings \(selection\)"):
+        check_settings(
+            tmp_path, {**now, "selection": "closest"}, "a collection", defaults=CollectConfig
+        )
+    with pytest.raises(RiseError, match=r"different settings \(selection\)"):
+        check_settings(tmp_path, now, "a collection")  # without the defaults, a change

@@ -278,7 +278,7 @@ def run(
     mine = shard_problems(problems, config.shard)
     out = Path(config.out)
     settings = _settings(config)
-    previous = check_settings(out, settings, "a collection")
+    previous = check_settings(out, settings, "a collection", defaults=CollectConfig)
     path = out / EPISODES
     done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -53,14 +54,17 @@ def check_settings(
     what: str,
     name: str = "config.json",
     may_grow: tuple[str, ...] = (),
+    defaults: Any = None,
 ) -> dict[str, Any] | None:
     """The settings recorded in `out/name` (None if none), refusing ones that differ.
 
     Rerunning a command into the same folder resumes it only with the same settings; anything
     else would mix two runs in one folder. Fields in `may_grow` may increase (more iterations).
-    A setting that an older record lacks counts as unchanged while it is off (None or False),
-    so folders written before an opt-in setting existed still resume.
+    A setting that an older record lacks counts as unchanged while it is off (None or False) or
+    at its default (the settings' dataclass `defaults`, whose default is the behaviour before the
+    setting existed), so folders written before an opt-in setting existed still resume.
     """
+    fallback = field_defaults(defaults) if defaults is not None else {}
     previous = read_run_config(out, name)
     if previous is None:
         return None
@@ -69,7 +73,10 @@ def check_settings(
         for k in settings.keys() | previous.keys()
         if settings.get(k) != previous.get(k)
         and not (k in may_grow and settings.get(k, 0) >= previous.get(k, 0))
-        and not (k not in previous and settings[k] in (None, False))
+        and not (
+            k not in previous
+            and (settings[k] in (None, False) or (k in fallback and settings[k] == fallback[k]))
+        )
     )
     if changed:
         grow = f" (only {', '.join(may_grow)} may grow)" if may_grow else ""
@@ -78,3 +85,10 @@ def check_settings(
             f"use another out folder or delete it{grow}"
         )
     return previous
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The default of each field of dataclass `cls` that has a plain one."""
+    return {
+        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+    }

@@ -324,7 +324,9 @@ def run(config: TrainConfig) -> Path:
     """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
     out = Path(config.out)
     record_path = out / TRAIN_RECORD
-    if check_settings(out, _settings(config), "a trained model", name=TRAIN_RECORD):
+    if check_settings(
+        out, _settings(config), "a trained model", name=TRAIN_RECORD, defaults=TrainConfig
+    ):
         console.print(f"train: already done in {out}")
         return out / MODEL_DIR
     examples = load_examples(config.data)
