@@ -279,6 +279,16 @@ RIGHT = "6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}"
         ),
         ("The total is 8.\nAnswer: \\boxed{8}", 0, "line 1: 'The total is 8.' is not `a op b = c`"),
         (RIGHT.replace("{8}", "{9}"), 0, None),  # right work, wrong answer: 0 as before
+        (  # a slip taken back in place (a toy with retractions): the retraction's step counts
+            "6 + 4 = 11\nWait: 6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}",
+            1,
+            None,
+        ),
+        (  # a retraction that redoes the step wrong again
+            "6 + 4 = 11\nWait: 6 + 4 = 12\n12 - 8 = 4\n4 - 2 = 2\n2 + 8 = 8\nAnswer: \\boxed{8}",
+            0,
+            "line 1: 6 + 4 = 12 is wrong (6 + 4 = 10)",
+        ),
         ("6 + 4 = 10", -1, "line 2 is missing (4 steps, 1 lines)"),  # no answer stays -1
     ],
 )

@@ -12,11 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rise_llm import toy_model
 from rise_llm.chat import render
-from rise_llm.tasks.arith import ArithTask
+from rise_llm.tasks.arith import RETRACTION, ArithTask
 from rise_llm.toy_model import (
     ToyModelConfig,
     build,
     build_tokenizer,
+    retracted_solution,
     sft_conversation,
     wrong_solution,
 )
@@ -67,6 +68,68 @@ def test_wrong_solutions_are_wrong_and_well_formed():
     for problem in task.problems("train", 100):
         verdict = task.verify(problem, wrong_solution(problem, rng))
         assert verdict.reward == 0 and verdict.answer is not None
+
+
+def test_retracted_solutions_slip_once_take_it_back_and_are_right():
+    task = ArithTask()
+    rng = random.Random(2)
+    for problem in task.problems("train", 100):
+        text = retracted_solution(problem, rng)
+        lines = text.splitlines()
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(RETRACTION)]
+        assert lines[at - 1].split(" = ")[0] == lines[at].removeprefix(RETRACTION).split(" = ")[0]
+        assert lines[at - 1] != lines[at].removeprefix(RETRACTION)  # the slip, then its fix
+        assert task.verify_strict(problem, text).reward == 1  # the retracted line does not count
+        assert len(lines) == len(problem.meta["steps"]) + 2  # one extra line and the answer
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.4])
+def test_retraction_fraction_of_the_trained_solutions(fraction):
+    task = ArithTask()
+    pool = task.problems("train", 200)
+    rng = random.Random(3)
+    trained = []
+    for _ in range(300):
+        messages, indices = sft_conversation(task, pool, 1, 0.5, rng, fraction)
+        trained += [messages[i]["content"] for i in indices]
+    share = sum(RETRACTION in text for text in trained) / len(trained)
+    assert abs(share - fraction) < 0.08  # 300 draws: sd 0.028
+    messages, indices = sft_conversation(task, pool, 3, 1.0, rng, 1.0)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":  # trained ones retract, wrong context ones do not
+            assert (RETRACTION in message["content"]) == (i in indices)
+
+
+def test_default_sft_data_did_not_change_with_retractions():
+    """retraction_fraction 0 draws exactly the conversations it drew before the option."""
+    task = ArithTask()
+    pool = task.problems("train", 50)
+    a, b = random.Random(5), random.Random(5)
+    for _ in range(50):
+        assert sft_conversation(task, pool, 2, 0.5, a) == sft_conversation(
+            task, pool, 2, 0.5, b, 0.0
+        )
+    problem = pool[0]
+    for seed in range(20):
+        assert wrong_solution(problem, random.Random(seed)) == _old_wrong_solution(
+            problem, random.Random(seed)
+        )
+
+
+def _old_wrong_solution(problem, rng):
+    """wrong_solution as it was written before retractions (the default toy's data)."""
+    from rise_llm.tasks.arith import format_solution
+
+    steps = [(op, int(v)) for op, v in problem.meta["steps"]]
+    slip_at = rng.randrange(len(steps))
+    lines, value = [], problem.meta["start"]
+    for i, (op, operand) in enumerate(steps):
+        result = {"+": value + operand, "-": value - operand, "*": value * operand}[op]
+        if i == slip_at:
+            result += rng.choice([-10, -2, -1, 1, 2, 10])
+        lines.append(f"{value} {op} {operand} = {result}")
+        value = result
+    return format_solution(lines, value)
 
 
 def test_killed_build_resumes_to_the_same_weights(tmp_path, monkeypatch):

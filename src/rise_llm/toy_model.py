@@ -10,6 +10,12 @@ retry message, which restates the *next* problem. It never sees a retry of the s
 with a corrected answer, so it learns to answer the question in front of it and nothing more.
 Loss is taken only on correct solutions; wrong ones are context.
 
+With `retraction_fraction` > 0 (lever 3 of the self-correction issue), that share of the
+trained solutions slip on one line and take it back inside the response, `6 + 4 = 11` then
+`Wait: 6 + 4 = 10`, and go on from the right value: retry data in pretraining, as Physics of
+Language Models 2.2 (arXiv 2408.16293) found lifts a small model's ability to notice its own
+slips. The multi-turn retries stay untaught, so the base's turn curve stays flat.
+
 Training is a plain PyTorch loop (this is SFT of a tiny model, not the RISE trainer), with a
 checkpoint every `checkpoint_every` steps: killing the build and rerunning it resumes.
 """
@@ -40,7 +46,7 @@ from rise_llm.errors import RiseError
 from rise_llm.progress import console, progress_bar
 from rise_llm.provenance import check_settings, versions
 from rise_llm.records import Message, Problem
-from rise_llm.tasks.arith import ArithTask, format_solution
+from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution
 from rise_llm.train import PadCollator
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -64,6 +70,8 @@ class ToyModelConfig:
         steps / batch_size / lr / warmup: SFT schedule (AdamW, cosine decay).
         conversation_weights: relative frequency of SFT conversations holding 1, 2, 3... problems.
         wrong_fraction: share of earlier (context) problems answered wrongly.
+        retraction_fraction: share of trained solutions that slip on one line and retract it
+            (`Wait: a op b = c`) before going on right; 0 teaches only error-free solutions.
         task_options: options of the `arith` task (difficulty).
         eval_problems: held-out test problems for the single-turn accuracy check at temperature 1.
         checkpoint_every: steps between resumable checkpoints.
@@ -80,6 +88,7 @@ class ToyModelConfig:
     warmup: int = 50
     conversation_weights: tuple[float, ...] = (0.6, 0.25, 0.15)
     wrong_fraction: float = 0.5
+    retraction_fraction: float = 0.0
     task_options: dict[str, Any] = field(default_factory=dict)
     eval_problems: int = 200
     checkpoint_every: int = 100
@@ -93,10 +102,9 @@ class ToyModelConfig:
             raise RiseError(
                 f"toy-model: hidden ({self.hidden}) must be divisible by heads ({self.heads})"
             )
-        if not 0 <= self.wrong_fraction <= 1:
-            raise RiseError(
-                f"toy-model: wrong_fraction must be in [0, 1], got {self.wrong_fraction}"
-            )
+        for name in ("wrong_fraction", "retraction_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise RiseError(f"toy-model: {name} must be in [0, 1], got {getattr(self, name)}")
         if not self.conversation_weights or min(self.conversation_weights) < 0:
             raise RiseError("toy-model: conversation_weights must be non-negative and not empty")
         self.conversation_weights = tuple(self.conversation_weights)
@@ -137,22 +145,45 @@ def build_model(config: ToyModelConfig, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(llama)
 
 
+SLIPS = (-10, -2, -1, 1, 2, 10)
+
+
 def wrong_solution(problem: Problem, rng: random.Random) -> str:
     """A plausible wrong solution: one step's result slips, later steps follow from the slip."""
+    return _slipped_solution(problem, rng, retract=False)
+
+
+def retracted_solution(problem: Problem, rng: random.Random) -> str:
+    """A right solution with one slip taken back in place: `Wait: ` and the step redone."""
+    return _slipped_solution(problem, rng, retract=True)
+
+
+def _slipped_solution(problem: Problem, rng: random.Random, retract: bool) -> str:
     steps = [(op, int(v)) for op, v in problem.meta["steps"]]
     slip_at = rng.randrange(len(steps))
     lines, value = [], problem.meta["start"]
     for i, (op, operand) in enumerate(steps):
-        result = {"+": value + operand, "-": value - operand, "*": value * operand}[op]
+        result = apply(value, op, operand)
         if i == slip_at:
-            result += rng.choice([-10, -2, -1, 1, 2, 10])
-        lines.append(f"{value} {op} {operand} = {result}")
+            slipped = result + rng.choice(SLIPS)
+            lines.append(f"{value} {op} {operand} = {slipped}")
+            if retract:
+                lines.append(f"{RETRACTION}{value} {op} {operand} = {result}")
+            else:
+                result = slipped  # later steps follow from the slip
+        else:
+            lines.append(f"{value} {op} {operand} = {result}")
         value = result
     return format_solution(lines, value)
 
 
 def sft_conversation(
-    task: ArithTask, pool: list[Problem], k: int, wrong_fraction: float, rng: random.Random
+    task: ArithTask,
+    pool: list[Problem],
+    k: int,
+    wrong_fraction: float,
+    rng: random.Random,
+    retraction_fraction: float = 0.0,
 ) -> tuple[list[Message], list[int]]:
     """One SFT conversation over k different problems, and the indices of its trained turns."""
     chosen = rng.sample(pool, k)
@@ -161,7 +192,11 @@ def sft_conversation(
     for j, problem in enumerate(chosen):
         last = j == k - 1
         if last or rng.random() >= wrong_fraction:
-            messages.append({"role": "assistant", "content": task.solution(problem)})
+            if retraction_fraction and rng.random() < retraction_fraction:
+                answer = retracted_solution(problem, rng)
+            else:
+                answer = task.solution(problem)
+            messages.append({"role": "assistant", "content": answer})
             trained.append(len(messages) - 1)
         else:
             messages.append({"role": "assistant", "content": wrong_solution(problem, rng)})
@@ -181,7 +216,9 @@ def make_batch(
     k = rng.choices(range(1, len(config.conversation_weights) + 1), config.conversation_weights)[0]
     encoded = []
     for _ in range(config.batch_size):
-        messages, trained = sft_conversation(task, pool, k, config.wrong_fraction, rng)
+        messages, trained = sft_conversation(
+            task, pool, k, config.wrong_fraction, rng, config.retraction_fraction
+        )
         encoded.append(encode_conversation(tokenizer, messages, trained))
     batch = PadCollator(tokenizer.pad_token_id)(
         [{"input_ids": e.input_ids, "labels": e.labels, "weight": 1.0} for e in encoded]

@@ -68,6 +68,26 @@ def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
 
 LINE = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 """One step of a solution: `a op b = c`."""
+RETRACTION = "Wait: "
+"""Starts a line that takes back the line before it and redoes that step (`Wait: 6 + 4 = 10`):
+the in-response correction of a toy built with `retraction_fraction` (Physics of Language
+Models 2.2, arXiv 2408.16293)."""
+
+
+def retracted(lines: list[str]) -> list[str]:
+    """The lines that stand once each retraction has replaced the line before it.
+
+    >>> retracted(["6 + 4 = 11", "Wait: 6 + 4 = 10", "10 - 8 = 2"])
+    ['6 + 4 = 10', '10 - 8 = 2']
+    """
+    kept: list[str] = []
+    for line in lines:
+        if line.strip().startswith(RETRACTION.strip()):
+            if kept:
+                kept.pop()
+            line = line.strip()[len(RETRACTION.strip()) :].strip()
+        kept.append(line)
+    return kept
 
 
 def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str | None:
@@ -75,13 +95,15 @@ def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str |
 
     The lines before the final answer must be exactly one `a op b = c` per step, in order: the
     first operand is the start (first line) or the previous line's result (chained), the
-    operation and second operand are the step's, and the result is right.
+    operation and second operand are the step's, and the result is right. A line taken back by
+    a retraction (`Wait: ...`) does not count; the retraction's own step does.
 
     >>> work_error(6, [("+", 4), ("-", 8)], "6 + 4 = 11\\n11 - 8 = 3\\nAnswer: \\\\boxed{3}")
     'line 1: 6 + 4 = 11 is wrong (6 + 4 = 10)'
     """
     lines = [ln for ln in response.splitlines() if ln.strip()]
     work = [ln for ln in lines if "\\boxed" not in ln and not ln.strip().startswith("Answer")]
+    work = retracted(work)
     value = start
     for i, (op, operand) in enumerate(steps, start=1):
         if i > len(work):
