@@ -287,6 +287,7 @@ def test_collect_chunk_skips_degenerate_and_stops_when_all_are():
         ({"limit": 0}, "limit must be at least 1"),
         ({"chunk_size": 0}, "chunk_size must be at least 1"),
         ({"selection": "nearest"}, "selection must be one of first, closest"),
+        ({"keep_states": True, "turns": 1}, "keep_states needs context_window >= 2"),
     ],
 )
 def test_collect_config_validation(kwargs, message):

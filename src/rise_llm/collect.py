@@ -137,6 +137,11 @@ class CollectConfig:
             raise RiseError(
                 f"collect: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
             )
+        if self.keep_states and self.context_window < 2:
+            raise RiseError(
+                "collect: keep_states needs context_window >= 2 (a keep state shows the answer "
+                f"it keeps), got {self.context_window}; raise turns or context_window"
+            )
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
