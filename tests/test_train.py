@@ -171,6 +171,9 @@ def test_defaults_are_the_reference_hyper_parameters():
         ({"warmup_ratio": -0.1}, "warmup_ratio"),
         ({"grad_accum": 0}, "grad_accum must be at least 1"),
         ({"deepspeed": "z.json", "fsdp_config": {"version": 2}}, "deepspeed or fsdp_config"),
+        ({"optim": "adam"}, "unknown optim 'adam'; choose one of the Trainer's: adamw_torch"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be 0 \\(no clipping\\) or more"),
+        ({"warmup_steps": -2}, "warmup_steps must be 0 or more"),
     ],
 )
 def test_bad_settings_say_how_to_fix_them(settings, message):
@@ -205,6 +208,13 @@ def test_settings_reach_the_trainer_arguments(tmp_path):
     assert args.activation_checkpointing and args.bf16 and args.weight_decay == 0.01
     assert args.output_dir == str(tmp_path / "checkpoints")
     assert not args.fsdp and args.deepspeed is None
+    assert (args.optim.value, args.optim_args, args.max_grad_norm) == ("adamw_torch", None, 1.0)
+    sgd = TrainConfig(
+        **REFERENCE, optim="sgd", optim_args="momentum=0.9", max_grad_norm=0.0, warmup_steps=3
+    )
+    args = training_arguments(sgd, bf16=False)
+    assert (args.optim.value, args.optim_args, args.max_grad_norm) == ("sgd", "momentum=0.9", 0.0)
+    assert args.warmup_steps == 3  # steps, not the ratio
     fsdp = training_arguments(
         TrainConfig(**REFERENCE, fsdp_config={"reshard_after_forward": False}), bf16=False
     )
