@@ -60,7 +60,8 @@ def main() -> None:
         models[arm] = str(out / arm / "iter1" / "eval")
     models[LEVERS] = str(out / "science" / "iter1" / "eval")
     models[f"{LEVERS}, iteration 2"] = str(out / "science" / "iter2" / "eval")
-    compare(CompareConfig(base=str(base_eval), models=models, out=str(out)))
+    labelled = [f"{label}={folder}" for label, folder in models.items()]
+    compare(CompareConfig(base=str(base_eval), models=labelled, out=str(out)))
 
 
 if __name__ == "__main__":

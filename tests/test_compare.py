@@ -60,7 +60,7 @@ def test_base_row_and_files(tmp_path):
         (tmp_path / name).mkdir()
         write_jsonl(tmp_path / name / "episodes.jsonl", episodes)
     config = CompareConfig(
-        base=str(tmp_path / "base"), models={"m": str(tmp_path / "model")}, out=str(tmp_path)
+        base=str(tmp_path / "base"), models=[f"m={tmp_path / 'model'}"], out=str(tmp_path)
     )
     rows = compare(config)
     assert [r.label for r in rows] == ["base", "m"]
@@ -75,6 +75,10 @@ def test_base_row_and_files(tmp_path):
 def test_compare_needs_models_and_the_same_problems(tmp_path):
     with pytest.raises(RiseError, match="at least one model"):
         CompareConfig(base="b")
+    with pytest.raises(RiseError, match="share a label"):
+        CompareConfig(base="b", models=["x=a", "x=b"])
+    labelled = CompareConfig(base="b", models=["iter-1=runs/a/eval", "runs/b/eval"]).labelled()
+    assert labelled == {"iter-1": "runs/a/eval", "runs/b/eval": "runs/b/eval"}
     other = [ep for ep in MODEL if ep.problem_id != "d"]
     with pytest.raises(ValueError, match="same problems"):
         compare_row("m", BASE, other, seed=0)

@@ -33,19 +33,31 @@ class CompareConfig:
 
     Args:
         base: the base model's evaluation folder (holding episodes.jsonl).
-        models: label=folder of each model's evaluation on the same problems, in table order.
+        models: LABEL=FOLDER of each model's evaluation on the same problems, in table order (a
+            bare FOLDER is labelled by its path).
         seed: bootstrap seed.
         out: folder for comparison.json and comparison.md (none: print only).
     """
 
     base: str
-    models: dict[str, str] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
     seed: int = 0
     out: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise RiseError("compare: give at least one model as --model LABEL=EVAL_FOLDER")
+            raise RiseError("compare: give at least one model as --models LABEL=EVAL_FOLDER")
+        labels = [label for label, _ in self._pairs()]
+        if len(set(labels)) < len(labels):
+            raise RiseError(f"compare: two models share a label in {labels}; label them apart")
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        pairs = [m.partition("=") for m in self.models]
+        return [(label if sep else folder, folder) for label, sep, folder in pairs]
+
+    def labelled(self) -> dict[str, str]:
+        """Label -> evaluation folder, in the order given."""
+        return dict(self._pairs())
 
 
 @dataclass
@@ -109,7 +121,7 @@ def compare(config: CompareConfig) -> list[Row]:
     """The base's row (against itself) and each model's, printed and optionally written."""
     base = _episodes(config.base)
     rows = [compare_row("base", base, base, config.seed)]
-    for label, folder in config.models.items():
+    for label, folder in config.labelled().items():
         rows.append(compare_row(label, base, _episodes(folder), config.seed))
     stdout.print(comparison_table(rows))
     if config.out:
