@@ -53,7 +53,7 @@ class CompareConfig:
 
     def _pairs(self) -> list[tuple[str, str]]:
         pairs = [m.partition("=") for m in self.models]
-        return [(label if sep else folder, folder) for label, sep, folder in pairs]
+        return [(label, folder) if sep else (label, label) for label, sep, folder in pairs]
 
     def labelled(self) -> dict[str, str]:
         """Label -> evaluation folder, in the order given."""
