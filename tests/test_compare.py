@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rise_llm.compare import CompareConfig, compare, compare_row
+from rise_llm.edits import similarity
 from rise_llm.errors import RiseError
 from rise_llm.records import Episode, Turn, write_jsonl
 
@@ -44,6 +45,7 @@ def test_row_of_a_model_against_its_base():
     assert row.wrong_fixed == 0.5  # a fixed, c not
     assert row.wrong_unchanged == 0.5  # c repeats WRONG word for word
     assert row.edit_share == 1.0  # a's fix keeps the first line
+    assert row.fix_similarity == pytest.approx(similarity(WRONG, EDIT))
     assert row.turn2_rise[0] == pytest.approx(0.25)  # only a rises, from 0 to 1
     # m1@t2 (ties to the latest): a right, b right, c wrong, d right; m2@t1 = acc@1 here
     assert row.sequential_vs_parallel[0] == pytest.approx(0.75 - 0.5)

@@ -4,8 +4,9 @@ The ablation table of the self-correction issue: for each model, its turn curve,
 four claims against the base with paired bootstrap 95% intervals (`metrics.rise_claims`), the
 rise from turn 1 to turn 2 (acc@2 - acc@1, paired over problems), and the turn-1 -> turn-2
 transitions that say *why* a curve rises or falls: right answers kept, wrong ones fixed, wrong
-ones repeated unchanged (SCoRe's minimal-edit collapse), and the share of corrections that are
-edits of the failed attempt (`edits.is_edit`) rather than fresh attempts.
+ones repeated unchanged (SCoRe's minimal-edit collapse), the share of corrections that are
+edits of the failed attempt (`edits.is_edit`) rather than fresh attempts, and how similar the
+corrections are to the failed attempts (mean difflib ratio, `edits.similarity`).
 
 Every number is recomputed from the evaluations' episodes.jsonl, so folders evaluated before a
 metric existed get it too. Output: a table on the terminal, and with `out` a comparison.json and
@@ -21,6 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
+from rise_llm.edits import similarity
 from rise_llm.errors import RiseError
 from rise_llm.metrics import compute_metrics, paired_bootstrap, rise_claims
 from rise_llm.records import Episode, read_stage_outputs
@@ -76,6 +78,7 @@ class Row:
     wrong_fixed: float
     wrong_unchanged: float
     edit_share: float
+    fix_similarity: float
 
 
 def _episodes(folder: str) -> list[Episode]:
@@ -95,6 +98,11 @@ def compare_row(label: str, base: list[Episode], episodes: list[Episode], seed: 
         (ep for ep in episodes if ep.mode == "no_oracle"), key=lambda ep: ep.problem_id
     )
     rise = [float(ep.turns[1].correct) - float(ep.turns[0].correct) for ep in no_oracle]
+    fixes = [
+        similarity(ep.turns[0].response, ep.turns[1].response)
+        for ep in no_oracle
+        if not ep.turns[0].correct and ep.turns[1].correct
+    ]
     t = metrics.transitions["1->2"]
     wrong_first = t["wrong->correct"] + t["wrong->wrong"]
 
@@ -114,6 +122,7 @@ def compare_row(label: str, base: list[Episode], episodes: list[Episode], seed: 
         wrong_fixed=_share(t["wrong->correct"], wrong_first),
         wrong_unchanged=_share(t["wrong->wrong unchanged"], wrong_first),
         edit_share=_share(t["wrong->correct edit"], t["wrong->correct"]),
+        fix_similarity=sum(fixes) / len(fixes) if fixes else float("nan"),
     )
 
 
@@ -146,6 +155,7 @@ COLUMNS = (
     "wrong fixed",
     "wrong unchanged",
     "edits",
+    "fix similarity",
 )
 
 
@@ -170,6 +180,7 @@ def _cells(row: Row) -> list[str]:
         pct(row.wrong_fixed),
         pct(row.wrong_unchanged),
         pct(row.edit_share),
+        "-" if row.fix_similarity != row.fix_similarity else f"{row.fix_similarity:.2f}",
     ]
 
 
