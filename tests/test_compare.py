@@ -84,3 +84,11 @@ def test_compare_needs_models_and_the_same_problems(tmp_path):
     other = [ep for ep in MODEL if ep.problem_id != "d"]
     with pytest.raises(ValueError, match="same problems"):
         compare_row("m", BASE, other, seed=0)
+
+
+def test_an_unfinished_evaluation_is_named(tmp_path):
+    (tmp_path / "base").mkdir()
+    write_jsonl(tmp_path / "base" / "episodes.jsonl", [ep for ep in BASE if ep.mode != "parallel"])
+    config = CompareConfig(base=str(tmp_path / "base"), models=[str(tmp_path / "base")])
+    with pytest.raises(RiseError, match=r"base has no parallel episodes; rerun"):
+        compare(config)

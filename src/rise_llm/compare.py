@@ -82,7 +82,14 @@ class Row:
 
 
 def _episodes(folder: str) -> list[Episode]:
-    return read_stage_outputs([folder], "episodes.jsonl", Episode, "run `rise evaluate` first")
+    episodes = read_stage_outputs([folder], "episodes.jsonl", Episode, "run `rise evaluate` first")
+    missing = sorted({"no_oracle", "oracle", "parallel"} - {ep.mode for ep in episodes})
+    if missing:
+        raise RiseError(
+            f"compare: the evaluation in {folder} has no {', '.join(missing)} episodes; rerun "
+            "its `rise evaluate` (with --turns 2 or more) to finish it"
+        )
+    return episodes
 
 
 def _share(part: int, whole: int) -> float:
