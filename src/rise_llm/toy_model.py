@@ -46,7 +46,7 @@ from rise_llm.errors import RiseError
 from rise_llm.progress import console, progress_bar
 from rise_llm.provenance import check_settings, versions
 from rise_llm.records import Message, Problem
-from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution
+from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution, steps_of
 from rise_llm.train import PadCollator
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -159,7 +159,7 @@ def retracted_solution(problem: Problem, rng: random.Random) -> str:
 
 
 def _slipped_solution(problem: Problem, rng: random.Random, retract: bool) -> str:
-    steps = [(op, int(v)) for op, v in problem.meta["steps"]]
+    steps = steps_of(problem)
     slip_at = rng.randrange(len(steps))
     lines, value = [], problem.meta["start"]
     for i, (op, operand) in enumerate(steps):

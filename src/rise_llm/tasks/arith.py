@@ -124,6 +124,11 @@ def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str |
     return None
 
 
+def steps_of(problem: Problem) -> list[tuple[str, int]]:
+    """A problem's steps as (operation, operand) pairs (stored as JSON lists in its meta)."""
+    return [(op, int(v)) for op, v in problem.meta["steps"]]
+
+
 def format_solution(lines: list[str], answer: int | str) -> str:
     return "\n".join([*lines, f"Answer: \\boxed{{{answer}}}"])
 
@@ -226,8 +231,9 @@ class ArithTask:
 
     def solution(self, problem: Problem) -> str:
         """The correct step-by-step solution, as the toy model is taught to write it."""
-        steps = [(op, int(v)) for op, v in problem.meta["steps"]]
-        return format_solution(solution_lines(problem.meta["start"], steps), problem.answer)
+        return format_solution(
+            solution_lines(problem.meta["start"], steps_of(problem)), problem.answer
+        )
 
     @property
     def verifiers(self) -> dict[str, Callable[[Problem, str], Verdict]]:
@@ -237,10 +243,9 @@ class ArithTask:
     def verify_strict(self, problem: Problem, response: str) -> Verdict:
         """`verify`, and a correct answer counts only when every line is right and chained."""
         verdict = self.verify(problem, response)
-        if verdict.reward == 1:
-            steps = [(op, int(v)) for op, v in problem.meta["steps"]]
-            if work_error(problem.meta["start"], steps, response) is not None:
-                return Verdict(answer=verdict.answer, reward=0)
+        start = problem.meta["start"]
+        if verdict.reward == 1 and work_error(start, steps_of(problem), response) is not None:
+            return Verdict(answer=verdict.answer, reward=0)
         return verdict
 
     def verify(self, problem: Problem, response: str) -> Verdict:
