@@ -1,5 +1,5 @@
 """End to end: wall time per stage of the demo's RISE run (`rise run configs/arith-toy.yaml`,
-which `rise demo` runs after building the toy model).
+the reference recipe `rise demo` runs after building the toy model, in OUT/reference).
 
 Stage times come from the run folder itself: every stage writes its outputs when it ends
 (base/eval/metrics.json, iterK/collect/episodes.jsonl, iterK/data/data.jsonl,
@@ -10,7 +10,7 @@ that was not interrupted (a resumed run is reported as such). The toy model's bu
 from its record (toy_model.json: SFT seconds; the held-out check is not included).
 
     python benchmarks/end_to_end.py --execute            # arith-toy.yaml on runs/toy, ~11 min
-    python benchmarks/end_to_end.py --run-dir runs/demo  # the stages of a finished run
+    python benchmarks/end_to_end.py --run-dir runs/demo/reference  # a finished run's stages
 """
 
 from __future__ import annotations

@@ -16,12 +16,11 @@ science config; `--arms` runs a subset.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from rise_llm.compare import CompareConfig, compare
 from rise_llm.demo import RECIPES
-from rise_llm.pipeline import load_run_config, run
+from rise_llm.pipeline import load_run_config, run, share_base_evaluation
 from rise_llm.progress import console
 
 SCIENCE = RECIPES / "arith-toy-science.yaml"
@@ -47,16 +46,16 @@ def main() -> None:
     common = [f"base_model={args.toy}", *args.set]
 
     console.rule(f"[bold]{LEVERS}: configs/arith-toy-science.yaml, 2 iterations")
-    run(load_run_config(SCIENCE, [*common, f"out={out / 'science'}"]))
+    science = load_run_config(SCIENCE, [*common, f"out={out / 'science'}"])
+    run(science)
     base_eval = out / "science" / "base" / "eval"
     models = {}
     for arm in args.arms:
         console.rule(f"[bold]{arm}: 1 iteration")
-        shared = out / arm / "base" / "eval"
-        if not shared.exists():  # the same evaluation of the same model: done once
-            shutil.copytree(base_eval, shared)
         overrides = [*common, *ARMS[arm], "iterations=1", f"out={out / arm}"]
-        run(load_run_config(SCIENCE, overrides))
+        config = load_run_config(SCIENCE, overrides)
+        share_base_evaluation(science, config)  # the same evaluation of the same model
+        run(config)
         models[arm] = str(out / arm / "iter1" / "eval")
     models[LEVERS] = str(out / "science" / "iter1" / "eval")
     models[f"{LEVERS}, iteration 2"] = str(out / "science" / "iter2" / "eval")

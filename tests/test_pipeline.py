@@ -31,8 +31,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
-    out = tmp_path / "demo"
-    command = [RISE, "demo", "--quick", "--out", str(out)]
+    demo = tmp_path / "demo"
+    out = demo / "reference"
+    command = [RISE, "demo", "--quick", "--out", str(demo)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # kill it hard once iteration 1 has started training (base evaluated, data collected)
     _wait_for(out / "iter1" / "data" / "data.jsonl", proc)
@@ -62,7 +63,7 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
         ids = [e.problem_id for e in collected]
         assert len(ids) == len(set(ids)) == 12
     # every iteration changed the weights, and iteration 2 started from iteration 1
-    toy = load_file(out / "toy" / "model.safetensors")
+    toy = load_file(demo / "toy" / "model.safetensors")
     iter1 = load_file(out / "iter1" / "train" / "model" / "model.safetensors")
     iter2 = load_file(out / "iter2" / "train" / "model" / "model.safetensors")
     assert any(not torch.equal(toy[k], iter1[k]) for k in toy)
@@ -76,6 +77,31 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
     assert len(comparisons["iter2_vs_base"]) == 4
     config = json.loads((out / "config.json").read_text())
     assert config["versions"]["torch"] and config["config"]["iterations"] == 2
+
+    # the levers recipe: the same base evaluation, collected with the strict verifier
+    levers = demo / "levers"
+    assert (levers / "base/eval/episodes.jsonl").read_bytes() == (
+        out / "base/eval/episodes.jsonl"
+    ).read_bytes()
+    for k in (1, 2):
+        record = json.loads((levers / f"iter{k}/collect/config.json").read_text())["config"]
+        assert record["verifier"] == "strict"
+        assert (
+            json.loads((out / f"iter{k}/collect/config.json").read_text())["config"]["verifier"]
+            is None
+        )
+    # both recipes beside the base, on the same problems
+    rows = json.loads((demo / "comparison.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == [
+        "base",
+        "reference iter1",
+        "reference iter2",
+        "levers iter1",
+        "levers iter2",
+    ]
+    assert {r["n"] for r in rows} == {summary["base"]["n"]}
+    assert rows[2]["acc"] == [summary["iter2"][f"acc@{t}"] for t in range(1, 6)]
+    assert "| levers iter2 |" in (demo / "comparison.md").read_text()
 
 
 @pytest.mark.slow
@@ -98,3 +124,30 @@ def test_a_finished_run_can_grow_by_iterations_but_not_change(tmp_path, tiny_mod
     changed = {**settings, "iterations": 2, "collect": {**settings["collect"], "samples": 5}}
     with pytest.raises(RiseError, match=r"different settings \(collect\)"):
         run(build(RunConfig, changed, "test"))
+
+
+def test_only_runs_of_one_base_with_one_evaluation_share_it(tmp_path):
+    from rise_llm.demo import DemoConfig
+    from rise_llm.errors import RiseError
+    from rise_llm.pipeline import load_run_config, share_base_evaluation
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "arith-toy-quick.yaml"
+
+    def run_config(name: str, *overrides: str):
+        return load_run_config(recipe, [f"out={tmp_path / name}", *overrides])
+
+    source = run_config("a")
+    (source.root / "base" / "eval").mkdir(parents=True)
+    share_base_evaluation(source, run_config("b"))
+    assert not (tmp_path / "b").exists()  # nothing finished yet: nothing to share
+    (source.root / "base" / "eval" / "metrics.json").write_text("{}")
+    share_base_evaluation(source, run_config("c", "collect.verifier=strict", "iterations=3"))
+    assert (tmp_path / "c" / "base" / "eval" / "metrics.json").read_text() == "{}"
+    with pytest.raises(RiseError, match="other settings"):
+        share_base_evaluation(source, run_config("d", "evaluate.limit=11"))
+    with pytest.raises(RiseError, match="other settings"):
+        share_base_evaluation(source, run_config("e", "task_options.seed=3"))
+    with pytest.raises(RiseError, match="same base model"):
+        share_base_evaluation(source, run_config("f", "base_model=elsewhere"))
+    with pytest.raises(RiseError, match="recipes must be some of reference, levers"):
+        DemoConfig(recipes=["reference", "strict"])

@@ -1,51 +1,98 @@
 """`rise demo`: the whole method on the embedded default, end to end, on a CPU.
 
-Builds the toy model if it is missing, runs two RISE iterations with self-distillation on
-`arith`, evaluates the base model and both iterations on the same held-out problems with K=5,
-and prints the comparison table (written to summary.json, comparisons.json and a PNG plot).
-`--quick` does the same at a tiny size, for the tests.
+Builds the toy model if it is missing, evaluates it on held-out `arith` problems with K=5, and
+from it runs two RISE iterations of each recipe: plain RISE (the reference recipe,
+configs/arith-toy.yaml) and RISE with the self-correction levers (the same run with the
+overrides in `LEVERS`, README "Self-correction"). Every model is evaluated on the same problems
+(the base's evaluation is shared), and `rise compare` prints both recipes beside the base:
+
+    OUT/toy/                      the toy model
+    OUT/reference/ OUT/levers/    one `rise run` folder per recipe (base/, iter1/, iter2/, ...)
+    OUT/comparison.md, .json      every model against the base, with intervals and transitions
+
+`--quick` does the same at a tiny size, for the tests; `--recipes reference` runs one recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rise_llm import toy_model
-from rise_llm.pipeline import RunConfig, RunResult, load_run_config
+from rise_llm.compare import CompareConfig, Row, compare
+from rise_llm.errors import RiseError
+from rise_llm.pipeline import RunConfig, load_run_config, share_base_evaluation
 from rise_llm.pipeline import run as run_pipeline
 from rise_llm.progress import console
 
 QUICK_TOY = dict(layers=2, hidden=32, heads=2, steps=40, batch_size=8, eval_problems=16, lr=3e-3)
 RECIPES = Path(__file__).parent / "configs"
+# the demo's recipes: overrides of configs/arith-toy(-quick).yaml
+LEVERS = ["collect.verifier=strict"]
+DEMO_RECIPES = {"reference": [], "levers": LEVERS}
 
 
 @dataclass
 class DemoConfig:
-    """Settings of `rise demo`: where to write, and whether to run the tiny version."""
+    """Settings of `rise demo`.
+
+    Args:
+        out: the demo's folder (the toy model, one run folder per recipe, the comparison).
+        quick: the tiny version (seconds), for the tests.
+        seed: seed of the toy model and of every run.
+        device: "auto", "cpu" or "cuda".
+        recipes: which of reference (plain RISE) and levers (RISE with the self-correction
+            levers) to run, in table order.
+    """
 
     out: str = "runs/demo"
     quick: bool = False
     seed: int = 0
     device: str = "auto"
+    recipes: list[str] = field(default_factory=lambda: list(DEMO_RECIPES))
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.recipes if r not in DEMO_RECIPES]
+        if unknown or not self.recipes:
+            raise RiseError(
+                f"demo: recipes must be some of {', '.join(DEMO_RECIPES)}, got {self.recipes}"
+            )
 
 
-def run_config(config: DemoConfig) -> RunConfig:
-    """The RISE run the demo performs: configs/arith-toy(-quick).yaml in the demo's folder."""
-    recipe = RECIPES / ("arith-toy-quick.yaml" if config.quick else "arith-toy.yaml")
+def run_config(config: DemoConfig, recipe: str) -> RunConfig:
+    """The RISE run of `recipe`: configs/arith-toy(-quick).yaml in the demo's folder."""
+    path = RECIPES / ("arith-toy-quick.yaml" if config.quick else "arith-toy.yaml")
     overrides = [
         f"base_model={Path(config.out) / 'toy'}",
-        f"out={config.out}",
+        f"out={Path(config.out) / recipe}",
         f"seed={config.seed}",
         f"device={config.device}",
+        *DEMO_RECIPES[recipe],
     ]
-    return load_run_config(recipe, overrides)
+    return load_run_config(path, overrides)
 
 
-def run(config: DemoConfig) -> RunResult:
+def run(config: DemoConfig) -> list[Row]:
+    """Build the toy, run every recipe (or resume), and compare them all against the base."""
     toy_dir = Path(config.out) / "toy"
     if not (toy_dir / toy_model.BUILD_RECORD).exists():
         console.rule("[bold]building the toy model")
         options = QUICK_TOY if config.quick else {}
         toy_model.build(toy_model.ToyModelConfig(out=str(toy_dir), seed=config.seed, **options))
-    return run_pipeline(run_config(config))
+    runs = {recipe: run_config(config, recipe) for recipe in config.recipes}
+    first = runs[config.recipes[0]]
+    for recipe, run in runs.items():
+        console.rule(f"[bold]recipe {recipe!r}: {run.iterations} iterations")
+        share_base_evaluation(first, run)
+        run_pipeline(run)
+    models = [
+        f"{recipe} {run.label_of(k)}={run.root / run.label_of(k) / 'eval'}"
+        for recipe, run in runs.items()
+        for k in range(1, run.iterations + 1)
+    ]
+    console.rule("[bold]every recipe against the base")
+    return compare(
+        CompareConfig(
+            base=str(first.root / "base" / "eval"), models=models, seed=config.seed, out=config.out
+        )
+    )

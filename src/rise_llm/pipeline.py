@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,27 @@ def run(config: RunConfig) -> RunResult:
         train.run(config.train_config(k))
     summary = write_summary(config, metrics)
     return RunResult(metrics=metrics, summary=summary)
+
+
+def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
+    """Give run `target` the finished base evaluation of run `source` (the same model on the
+    same problems with the same settings), so recipes compared against one base share it."""
+    if source.evaluate_config("base").model != target.evaluate_config("base").model:
+        raise RiseError(
+            f"run: {target.out} starts from {target.base_model}, not {source.base_model}; "
+            "only runs from the same base model can share its evaluation"
+        )
+    done = source.root / "base" / "eval"
+    shared = target.root / "base" / "eval"
+    if shared.exists() or not (done / "metrics.json").exists():
+        return
+    mine = dataclasses.replace(target.evaluate_config("base"), out=str(done))
+    if mine != source.evaluate_config("base"):
+        raise RiseError(
+            f"run: {target.out} evaluates with other settings than {source.out} "
+            "(task, task_options, evaluate or seed); it cannot share the base evaluation"
+        )
+    shutil.copytree(done, shared)
 
 
 def write_summary(config: RunConfig, metrics: dict[str, Metrics]) -> dict[str, Any]:
