@@ -7,8 +7,14 @@ runs the same code in tests/test_cli.py.
 from __future__ import annotations
 
 from rise_llm.engines.base import Completion, SamplingParams
-from rise_llm.records import Problem
-from rise_llm.rollout import context, parallel_episodes, sequential_episodes
+from rise_llm.records import Episode, Problem
+from rise_llm.rollout import (
+    context,
+    oracle_prefixes,
+    parallel_episodes,
+    sequential_episodes,
+    with_first_turns,
+)
 from rise_llm.tasks.arith import ArithTask
 
 PROBLEMS = [
@@ -71,6 +77,9 @@ def test_context_window_keeps_first_prompt_and_last_pairs():
     assert two[2]["content"].endswith(PROBLEMS[0].question)  # the retry restates the question
     three = context(task, PROBLEMS[0], responses, window=3)
     assert [m["content"] for m in three[1::2]] == [turns[1].response, turns[2].response]
+    # a window longer than the history shows all of it (turn 3 of a window of 4)
+    four = context(task, PROBLEMS[0], responses[:2], window=4)
+    assert [m["content"] for m in four[1::2]] == [turns[0].response, turns[1].response]
 
 
 def test_parallel_gives_independent_turn1_samples():
@@ -88,3 +97,80 @@ def test_parallel_gives_independent_turn1_samples():
         ("b", 3),
     ]
     assert all(len(ep.turns) == 1 and ep.turns[0].index == 1 for ep in eps)
+
+
+def test_oracle_episodes_are_the_no_oracle_ones_cut_at_their_first_success():
+    no_oracle = sequential_episodes(
+        ScriptedEngine(), ArithTask(), PROBLEMS, 3, 3, SamplingParams(), oracle=False
+    )
+    sampled = sequential_episodes(
+        ScriptedEngine(), ArithTask(), PROBLEMS, 3, 3, SamplingParams(), oracle=True
+    )
+    assert oracle_prefixes(no_oracle) == sampled
+    never = [Episode("c", "no_oracle", [no_oracle[1].turns[0]] * 3)]  # never solved: all turns
+    assert oracle_prefixes(never) == [Episode("c", "oracle", never[0].turns)]
+
+
+def test_parallel_samples_start_with_the_no_oracle_first_turns():
+    no_oracle = sequential_episodes(
+        ScriptedEngine(), ArithTask(), PROBLEMS, 3, 3, SamplingParams(), oracle=False
+    )
+    extra = parallel_episodes(ScriptedEngine(), ArithTask(), PROBLEMS[::-1], 2, SamplingParams())
+    eps = with_first_turns(no_oracle, extra)
+    assert [(ep.problem_id, ep.sample, ep.mode) for ep in eps] == [
+        (pid, k, "parallel") for pid in "ab" for k in range(3)
+    ]
+    assert eps[0].turns == [no_oracle[0].turns[0]] and eps[3].turns == [no_oracle[1].turns[0]]
+    assert [ep.turns for ep in eps if ep.sample] == [
+        e.turns for pid in "ab" for e in extra if e.problem_id == pid
+    ]
+
+
+class SlowLearner:
+    """Right from turn `1 + (i % 3)` on at the i-th test problem, whatever the sampling stream."""
+
+    def __init__(self, task):
+        problems = task.problems("test", 30)
+        self.answers = {p.question: (p.answer, i % 3) for i, p in enumerate(problems)}
+        self.samples = 0
+
+    def generate(self, conversations, n, params, desc=""):
+        out = []
+        for conv in conversations:
+            answer, wrong_turns = self.answers[conv[0]["content"]]
+            turn = sum(m["role"] == "assistant" for m in conv) + 1
+            given = answer if turn > wrong_turns else f"{answer}1"
+            out.append([Completion(f"\\boxed{{{given}}}", 3, "stop")] * n)
+            self.samples += n
+        return out
+
+
+def test_an_evaluation_reusing_samples_gives_the_same_metrics_from_fewer_samples(tmp_path):
+    from rise_llm.evaluate import EvaluateConfig, run
+
+    task = ArithTask()
+    results = {}
+    for reuse in (True, False):
+        engine = SlowLearner(task)
+        config = EvaluateConfig(
+            model="scripted",
+            limit=30,
+            turns=4,
+            context_window=4,
+            reuse_samples=reuse,
+            out=str(tmp_path / str(reuse)),
+        )
+        result = run(config, engine)
+        results[reuse] = (result.metrics.to_dict(), engine.samples, result.episodes)
+    (reused, fewer, episodes), (sampled, more, separate) = results[True], results[False]
+    assert {k: v for k, v in reused.items() if k != "seconds"} == {
+        k: v for k, v in sampled.items() if k != "seconds"
+    }
+    assert reused["p1@t4"] == 1.0 and reused["acc@1"] == 10 / 30
+    # 30 problems: 4 no-oracle turns + 3 extra turn-1 samples against 4 + up to 4 + 4
+    assert fewer == 30 * 7 and more == 30 * 4 + (30 + 20 + 10) + 30 * 4
+    key = lambda ep: (ep.mode, ep.problem_id, ep.sample)  # noqa: E731
+    assert sorted(map(key, episodes)) == sorted(map(key, separate))
+    assert [len(ep.turns) for ep in episodes if ep.mode == "oracle"] == [
+        len(ep.turns) for ep in separate if ep.mode == "oracle"
+    ]

@@ -3,6 +3,11 @@
 Turn t of every still-running episode is one batched engine call. In oracle mode an episode
 stops at its first correct attempt; without the oracle it always runs all turns and gets the same
 retry message whatever the truth (rewards are only recorded).
+
+So while the feedback does not depend on the attempt, an oracle episode is a prefix of a
+no-oracle one (the same contexts up to its first correct attempt), and a no-oracle turn 1 is
+a turn-1 sample like the parallel ones: `oracle_prefixes` and `with_first_turns` read those
+modes off the no-oracle episodes, with the same distribution as sampling them on their own.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ def context(task: Task, problem: Problem, responses: Sequence[str], window: int)
     a model never sees a longer history than it was trained on). window=1 shows no history.
     """
     messages = task.prompt.first_messages(problem)
-    kept = responses[len(responses) - (window - 1) :] if window > 1 else []
+    kept = responses[max(0, len(responses) - (window - 1)) :] if window > 1 else []
     for response in kept:
         messages.append({"role": "assistant", "content": response})
         messages.append(task.prompt.retry_message(problem))
@@ -86,3 +91,30 @@ def parallel_episodes(
             turn = judged_turn(task, problem, 1, messages, completion)
             episodes.append(Episode(problem_id=problem.id, mode="parallel", turns=[turn], sample=k))
     return episodes
+
+
+def oracle_prefixes(no_oracle: Sequence[Episode]) -> list[Episode]:
+    """The oracle episodes of `no_oracle` ones: each cut after its first correct attempt."""
+    oracle = []
+    for ep in no_oracle:
+        solved_at = next((i for i, t in enumerate(ep.turns) if t.correct), len(ep.turns) - 1)
+        oracle.append(
+            Episode(problem_id=ep.problem_id, mode="oracle", turns=ep.turns[: solved_at + 1])
+        )
+    return oracle
+
+
+def with_first_turns(no_oracle: Sequence[Episode], extra: Sequence[Episode]) -> list[Episode]:
+    """Parallel episodes: each no-oracle turn 1 as sample 0, then the `extra` turn-1 samples of
+    the same problems renumbered 1, 2, ...; in the no-oracle episodes' problem order."""
+    by_problem: dict[str, list[Episode]] = {}
+    for ep in extra:
+        by_problem.setdefault(ep.problem_id, []).append(ep)
+    parallel = []
+    for ep in no_oracle:
+        firsts = [ep.turns[0], *(e.turns[0] for e in by_problem.get(ep.problem_id, []))]
+        parallel += [
+            Episode(problem_id=ep.problem_id, mode="parallel", turns=[turn], sample=k)
+            for k, turn in enumerate(firsts)
+        ]
+    return parallel
