@@ -12,7 +12,7 @@
 tokens/s counts real (non-pad) tokens only. Without `--data`, the data are collected first
 with the model itself (`rise collect` + `rise build-data` on `--collect-problems` problems).
 
-    python benchmarks/training.py --data runs/demo/reference/iter1/data      # the demo's iteration-1 data
+    python benchmarks/training.py --data runs/demo/reference/iter1/data  # the demo's iteration 1
 """
 
 from __future__ import annotations
