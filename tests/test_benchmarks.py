@@ -126,3 +126,18 @@ def test_end_to_end_times_every_stage_of_a_run(tiny_model_dir, tmp_path):
     assert record["run_seconds"] == pytest.approx(sum(s["seconds"] for s in record["stages"]))
     assert record["run_seconds"] <= record["wall_seconds_measured"] + 1
     assert record["toy_build_seconds"] > 0
+
+
+def test_evaluation_compares_reused_samples_with_every_mode_sampled(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "evaluation.py",
+        tmp_path / "evaluation.json",
+        *("--model", str(tiny_model_dir), "--problems", "4", "--turns", "2"),
+    )
+    assert record["samples"]["reused"] == 4 * (2 + 1)  # K no-oracle turns, K-1 extra samples
+    assert record["samples"]["every_mode"] >= 4 * (2 + 1 + 2)  # + oracle turn 1, K parallel
+    assert set(record["metrics"]) == {"acc@1", "m1@t2", "p1@t2", "m2@t1", "p2@t1"}
+    for m in record["metrics"].values():
+        estimate, low, high = m["difference"]
+        assert low <= estimate <= high
+        assert estimate == pytest.approx(m["reused"] - m["every_mode"])
