@@ -22,15 +22,15 @@ def said(text: str) -> Turn:
 
 
 def run_of(no_oracle: dict[str, list[str]]) -> list[Episode]:
-    """No-oracle episodes as given; the oracle stops at the first right turn; two parallel
-    samples, both the first turn's response."""
+    """No-oracle episodes as given; the oracle stops at the first right turn; K parallel
+    samples (K turns), all the first turn's response."""
     episodes = []
     for pid, texts in no_oracle.items():
         turns = [said(t) for t in texts]
         episodes.append(Episode(pid, "no_oracle", turns))
         solved = next((i for i, t in enumerate(turns) if t.correct), len(turns) - 1)
         episodes.append(Episode(pid, "oracle", turns[: solved + 1]))
-        episodes += [Episode(pid, "parallel", [turns[0]], sample=k) for k in range(2)]
+        episodes += [Episode(pid, "parallel", [turns[0]], sample=k) for k in range(len(turns))]
     return episodes
 
 
@@ -72,6 +72,29 @@ def test_base_row_and_files(tmp_path):
     table = (tmp_path / "comparison.md").read_text().splitlines()
     assert table[0].startswith("| model | acc@1..acc@K | m1@tK - mK@t1 |")
     assert table[3].startswith("| m | 0.500 0.750 | +0.250 [")
+    # then the per-turn table: curve, m1@t2, m2@t1, p1@t2, p2@t1, the transitions 1->2
+    assert table[5].startswith("| model | acc@1 .. acc@2 | m1@t2 | m2@t1 | p1@t2 | p2@t1 |")
+    assert table[8] == "| m | .500 .750 | .750 | .500 | .750 | .500 | 100%/50%/50% |"
+
+
+def test_transitions_at_every_turn():
+    three = run_of(
+        {
+            "a": [WRONG, EDIT, EDIT],  # fixed at 2, kept at 3
+            "b": [RIGHT, RIGHT, WRONG],  # kept at 2, broken at 3
+            "c": [WRONG, WRONG, RIGHT],  # repeated at 2, fixed at 3
+            "d": [WRONG, RIGHT, RIGHT],
+        }
+    )
+    row = compare_row("m", three, three, seed=0)
+    assert row.per_turn == [[1.0, 2 / 3, 1 / 3], [2 / 3, 1.0, 0.0]]
+    assert (row.right_kept, row.wrong_fixed, row.wrong_unchanged) == (1.0, 2 / 3, 1 / 3)
+    assert (row.majority, row.parallel_majority, row.oracle, row.parallel_any) == (
+        0.75,  # a, b and d by two votes of three; c's two WRONG win
+        0.25,
+        1.0,
+        0.25,
+    )
 
 
 def test_compare_needs_models_and_the_same_problems(tmp_path):

@@ -79,6 +79,11 @@ class Row:
     wrong_unchanged: float
     edit_share: float
     fix_similarity: float
+    majority: float  # m1@tK
+    parallel_majority: float  # mK@t1
+    oracle: float  # p1@tK
+    parallel_any: float  # pK@t1
+    per_turn: list[list[float]]  # [right kept, wrong fixed, wrong unchanged] at t -> t+1
 
 
 def _episodes(folder: str) -> list[Episode]:
@@ -110,8 +115,7 @@ def compare_row(label: str, base: list[Episode], episodes: list[Episode], seed: 
         for ep in no_oracle
         if not ep.turns[0].correct and ep.turns[1].correct
     ]
-    t = metrics.transitions["1->2"]
-    wrong_first = t["wrong->correct"] + t["wrong->wrong"]
+    per_turn = [_transition_shares(metrics.transitions[f"{k}->{k + 1}"]) for k in range(1, turns)]
 
     def interval(c) -> list[float]:
         return [c.estimate, c.low, c.high]
@@ -125,12 +129,31 @@ def compare_row(label: str, base: list[Episode], episodes: list[Episode], seed: 
         oracle_gain=interval(oracle),
         acc1_change=interval(acc1),
         turn2_rise=list(paired_bootstrap(rise, seed=seed)),
-        right_kept=_share(t["correct->correct"], t["correct->correct"] + t["correct->wrong"]),
-        wrong_fixed=_share(t["wrong->correct"], wrong_first),
-        wrong_unchanged=_share(t["wrong->wrong unchanged"], wrong_first),
-        edit_share=_share(t["wrong->correct edit"], t["wrong->correct"]),
+        right_kept=per_turn[0][0],
+        wrong_fixed=per_turn[0][1],
+        wrong_unchanged=per_turn[0][2],
+        edit_share=_share(
+            metrics.transitions["1->2"]["wrong->correct edit"],
+            metrics.transitions["1->2"]["wrong->correct"],
+        ),
         fix_similarity=sum(fixes) / len(fixes) if fixes else float("nan"),
+        majority=metrics.majority,
+        parallel_majority=metrics.parallel_majority,
+        oracle=metrics.oracle,
+        parallel_any=metrics.parallel_any,
+        per_turn=per_turn,
     )
+
+
+def _transition_shares(t: dict[str, int]) -> list[float]:
+    """Right kept (over right before), wrong fixed and wrong repeated word for word (over
+    wrong before) of one turn's transition counts."""
+    wrong_before = t["wrong->correct"] + t["wrong->wrong"]
+    return [
+        _share(t["correct->correct"], t["correct->correct"] + t["correct->wrong"]),
+        _share(t["wrong->correct"], wrong_before),
+        _share(t["wrong->wrong unchanged"], wrong_before),
+    ]
 
 
 def compare(config: CompareConfig) -> list[Row]:
@@ -140,6 +163,12 @@ def compare(config: CompareConfig) -> list[Row]:
     for label, folder in config.labelled().items():
         rows.append(compare_row(label, base, _episodes(folder), config.seed))
     stdout.print(comparison_table(rows))
+    turns = Table(title="Per turn (no oracle): the curve, majorities, oracle, transitions")
+    for name in per_turn_columns(rows):
+        turns.add_column(name, justify="left" if name == "model" else "right")
+    for row in rows:
+        turns.add_row(*per_turn_cells(row))
+    stdout.print(turns)
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +232,42 @@ def comparison_table(rows: list[Row]) -> Table:
     return table
 
 
-def comparison_markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+def _markdown(columns: list[str] | tuple[str, ...], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def per_turn_columns(rows: list[Row]) -> list[str]:
+    k = len(rows[0].acc)
+    steps = ", ".join(f"{t}->{t + 1}" for t in range(1, k))
+    return [
+        "model",
+        f"acc@1 .. acc@{k}",
+        f"m1@t{k}",
+        f"m{k}@t1",
+        f"p1@t{k}",
+        f"p{k}@t1",
+        f"right kept / wrong fixed / wrong unchanged, turns {steps}",
+    ]
+
+
+def per_turn_cells(row: Row) -> list[str]:
+    """A model's turn curve, its majorities and oracle figures, and every turn's transitions."""
+    shares = ", ".join("/".join(f"{x:.0%}" if x == x else "-" for x in t) for t in row.per_turn)
+    return [
+        row.label,
+        " ".join(f"{a:.3f}".removeprefix("0") for a in row.acc),
+        *(f"{x:.3f}".removeprefix("0") for x in (row.majority, row.parallel_majority)),
+        *(f"{x:.3f}".removeprefix("0") for x in (row.oracle, row.parallel_any)),
+        shares,
+    ]
+
+
+def comparison_markdown(rows: list[Row]) -> str:
+    """The ablation table, then each model's turn curve and transitions at every turn."""
+    return (
+        _markdown(COLUMNS, [_cells(row) for row in rows])
+        + "\n"
+        + _markdown(per_turn_columns(rows), [per_turn_cells(row) for row in rows])
+    )
