@@ -6,6 +6,8 @@ runs the same code in tests/test_cli.py.
 
 from __future__ import annotations
 
+import json
+
 from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.records import Episode, Problem
 from rise_llm.rollout import (
@@ -174,3 +176,16 @@ def test_an_evaluation_reusing_samples_gives_the_same_metrics_from_fewer_samples
     assert [len(ep.turns) for ep in episodes if ep.mode == "oracle"] == [
         len(ep.turns) for ep in separate if ep.mode == "oracle"
     ]
+
+
+def test_an_evaluation_from_before_reuse_samples_resumes_under_it(tmp_path):
+    from rise_llm.evaluate import EvaluateConfig, run
+
+    task = ArithTask()
+    config = EvaluateConfig(model="scripted", limit=6, turns=3, out=str(tmp_path))
+    first = run(config, SlowLearner(task))
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["config"]["reuse_samples"]  # written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    again = SlowLearner(task)
+    assert run(config, again).metrics == first.metrics and again.samples == 0

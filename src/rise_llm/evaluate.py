@@ -1,6 +1,6 @@
 """Multi-turn evaluation of a model on a task (METHOD.md, "Metrics").
 
-On the same problems it has K turns without oracle, K turns with oracle and K independent
+On the same problems it runs K turns without oracle, K turns with oracle and K independent
 turn-1 samples, then writes `metrics.json` and `episodes.jsonl` to the output folder and prints
 a table. Each finished mode is appended to `episodes.jsonl` at once, so rerunning the same
 command after a crash or kill redoes only the modes that had not finished.
@@ -107,7 +107,9 @@ def _settings(config: EvaluateConfig) -> dict[str, Any]:
 
 def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
     """Episodes of the modes a previous run of the same config finished (others are dropped)."""
-    check_settings(out, _settings(config), "an evaluation")
+    # an evaluation from before `reuse_samples` resumes under it: the metrics have the same
+    # distribution either way
+    check_settings(out, _settings(config), "an evaluation", defaults=EvaluateConfig)
     path = out / "episodes.jsonl"
     episodes = read_jsonl_for_resume(path, Episode)
     counts = Counter(ep.mode for ep in episodes)
