@@ -1,11 +1,12 @@
 """The self-correction ablation (README "Self-correction"): which lever does what.
 
-Runs `configs/arith-toy-science.yaml` (all three levers, two iterations), then one iteration of
-each other recipe from the same toy model, every model evaluated on the same held-out problems
-(the base's evaluation is shared), and prints `rise compare`'s table of all of them against the
-base, written to OUT/comparison.md and comparison.json.
+Runs `configs/arith-toy-science.yaml` (all three collection levers, two iterations) from the
+toy model `--toy`, then one iteration of each other recipe from the same toy, every model
+evaluated on the same held-out problems (the base's evaluation is shared), and prints `rise
+compare`'s table of all of them against the base, written to OUT/comparison.md and .json.
 
-    python experiments/ablation.py --toy runs/toy --out runs/ablation
+    # the README's ablation table: the plain toy, held-out problems of task seed 1
+    python experiments/ablation.py --toy runs/toy --out runs/ablation --set task_options.seed=1
     python experiments/ablation.py --toy runs/toy --out runs/ablation-smoke \
         --set collect.limit=40 --set evaluate.limit=30 --set train.max_steps=4
 
