@@ -102,8 +102,12 @@ def test_compare_needs_models_and_the_same_problems(tmp_path):
         CompareConfig(base="b")
     with pytest.raises(RiseError, match="share a label"):
         CompareConfig(base="b", models=["x=a", "x=b"])
-    labelled = CompareConfig(base="b", models=["iter-1=runs/a/eval", "runs/b/eval"]).labelled()
-    assert labelled == {"iter-1": "runs/a/eval", "runs/b/eval": "runs/b/eval"}
+    models = ["iter-1=runs/a/eval", "runs/b/eval", "T=3, lr=2e-3=runs/c/eval"]
+    assert CompareConfig(base="b", models=models).labelled() == {
+        "iter-1": "runs/a/eval",
+        "runs/b/eval": "runs/b/eval",
+        "T=3, lr=2e-3": "runs/c/eval",  # the last "=" separates label and folder
+    }
     other = [ep for ep in MODEL if ep.problem_id != "d"]
     with pytest.raises(ValueError, match="same problems"):
         compare_row("m", BASE, other, seed=0)

@@ -36,7 +36,8 @@ class CompareConfig:
     Args:
         base: the base model's evaluation folder (holding episodes.jsonl).
         models: LABEL=FOLDER of each model's evaluation on the same problems, in table order (a
-            bare FOLDER is labelled by its path).
+            bare FOLDER is labelled by its path; the last "=" separates, so a label may hold
+            one, as in "T=3=runs/t3/iter1/eval").
         seed: bootstrap seed.
         out: folder for comparison.json and comparison.md (none: print only).
     """
@@ -54,8 +55,8 @@ class CompareConfig:
             raise RiseError(f"compare: two models share a label in {labels}; label them apart")
 
     def _pairs(self) -> list[tuple[str, str]]:
-        pairs = [m.partition("=") for m in self.models]
-        return [(label, folder) if sep else (label, label) for label, sep, folder in pairs]
+        pairs = [m.rpartition("=") for m in self.models]  # labels like "T=3" keep their "="
+        return [(label, folder) if sep else (folder, folder) for label, sep, folder in pairs]
 
     def labelled(self) -> dict[str, str]:
         """Label -> evaluation folder, in the order given."""
