@@ -164,12 +164,7 @@ def compare(config: CompareConfig) -> list[Row]:
     for label, folder in config.labelled().items():
         rows.append(compare_row(label, base, _episodes(folder), config.seed))
     stdout.print(comparison_table(rows))
-    turns = Table(title="Per turn (no oracle): the curve, majorities, oracle, transitions")
-    for name in per_turn_columns(rows):
-        turns.add_column(name, justify="left" if name == "model" else "right")
-    for row in rows:
-        turns.add_row(*per_turn_cells(row))
-    stdout.print(turns)
+    stdout.print(per_turn_table(rows))
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -196,13 +191,14 @@ COLUMNS = (
 )
 
 
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{x:.0%}"  # NaN: nothing to divide
+
+
 def _cells(row: Row) -> list[str]:
     def ci(values: list[float]) -> str:
         estimate, low, high = values
         return f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-    def pct(x: float) -> str:
-        return "-" if x != x else f"{x:.0%}"  # NaN: nothing to divide
 
     first = row.label == "base"
     return [
@@ -213,24 +209,38 @@ def _cells(row: Row) -> list[str]:
         "" if first else ci(row.oracle_gain),
         "" if first else ci(row.acc1_change),
         ci(row.turn2_rise),
-        pct(row.right_kept),
-        pct(row.wrong_fixed),
-        pct(row.wrong_unchanged),
-        pct(row.edit_share),
+        _pct(row.right_kept),
+        _pct(row.wrong_fixed),
+        _pct(row.wrong_unchanged),
+        _pct(row.edit_share),
         "-" if row.fix_similarity != row.fix_similarity else f"{row.fix_similarity:.2f}",
     ]
 
 
-def comparison_table(rows: list[Row]) -> Table:
-    table = Table(
-        title=f"Against base on the same {rows[0].n} problems (paired bootstrap 95%; "
-        "transitions turn 1 -> 2, no oracle)"
-    )
-    for name in COLUMNS:
+def _table(title: str, columns: list[str] | tuple[str, ...], cells: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for name in columns:
         table.add_column(name, justify="left" if name == "model" else "right")
-    for row in rows:
-        table.add_row(*_cells(row))
+    for row in cells:
+        table.add_row(*row)
     return table
+
+
+def comparison_table(rows: list[Row]) -> Table:
+    return _table(
+        f"Against base on the same {rows[0].n} problems (paired bootstrap 95%; "
+        "transitions turn 1 -> 2, no oracle)",
+        COLUMNS,
+        [_cells(row) for row in rows],
+    )
+
+
+def per_turn_table(rows: list[Row]) -> Table:
+    return _table(
+        "Per turn (no oracle): the curve, majorities, oracle, transitions",
+        per_turn_columns(rows),
+        [per_turn_cells(row) for row in rows],
+    )
 
 
 def _markdown(columns: list[str] | tuple[str, ...], cells: list[list[str]]) -> str:
@@ -255,12 +265,12 @@ def per_turn_columns(rows: list[Row]) -> list[str]:
 
 def per_turn_cells(row: Row) -> list[str]:
     """A model's turn curve, its majorities and oracle figures, and every turn's transitions."""
-    shares = ", ".join("/".join(f"{x:.0%}" if x == x else "-" for x in t) for t in row.per_turn)
+    shares = ", ".join("/".join(_pct(x) for x in t) for t in row.per_turn)
+    figures = (row.majority, row.parallel_majority, row.oracle, row.parallel_any)
     return [
         row.label,
         " ".join(f"{a:.3f}".removeprefix("0") for a in row.acc),
-        *(f"{x:.3f}".removeprefix("0") for x in (row.majority, row.parallel_majority)),
-        *(f"{x:.3f}".removeprefix("0") for x in (row.oracle, row.parallel_any)),
+        *(f"{x:.3f}".removeprefix("0") for x in figures),
         shares,
     ]
 

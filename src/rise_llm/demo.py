@@ -81,14 +81,14 @@ def run(config: DemoConfig) -> list[Row]:
         toy_model.build(toy_model.ToyModelConfig(out=str(toy_dir), seed=config.seed, **options))
     runs = {recipe: run_config(config, recipe) for recipe in config.recipes}
     first = runs[config.recipes[0]]
-    for recipe, run in runs.items():
-        console.rule(f"[bold]recipe {recipe!r}: {run.iterations} iterations")
-        share_base_evaluation(first, run)
-        run_pipeline(run)
+    for recipe, recipe_run in runs.items():
+        console.rule(f"[bold]recipe {recipe!r}: {recipe_run.iterations} iterations")
+        share_base_evaluation(first, recipe_run)
+        run_pipeline(recipe_run)
     models = [
-        f"{recipe} {run.label_of(k)}={run.root / run.label_of(k) / 'eval'}"
-        for recipe, run in runs.items()
-        for k in range(1, run.iterations + 1)
+        f"{recipe} {r.label_of(k)}={r.root / r.label_of(k) / 'eval'}"
+        for recipe, r in runs.items()
+        for k in range(1, r.iterations + 1)
     ]
     console.rule("[bold]every recipe against the base")
     return compare(

@@ -271,7 +271,8 @@ def run(config: RunConfig) -> RunResult:
 def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
     """Give run `target` the finished base evaluation of run `source` (the same model on the
     same problems with the same settings), so recipes compared against one base share it."""
-    if source.evaluate_config("base").model != target.evaluate_config("base").model:
+    theirs, mine = source.evaluate_config("base"), target.evaluate_config("base")
+    if theirs.model != mine.model:
         raise RiseError(
             f"run: {target.out} starts from {target.base_model}, not {source.base_model}; "
             "only runs from the same base model can share its evaluation"
@@ -280,8 +281,7 @@ def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
     shared = target.root / "base" / "eval"
     if shared.exists() or not (done / "metrics.json").exists():
         return
-    mine = dataclasses.replace(target.evaluate_config("base"), out=str(done))
-    if mine != source.evaluate_config("base"):
+    if dataclasses.replace(mine, out=theirs.out) != theirs:
         raise RiseError(
             f"run: {target.out} evaluates with other settings than {source.out} "
             "(task, task_options, evaluate or seed); it cannot share the base evaluation"
