@@ -92,9 +92,10 @@ def main() -> None:
     training = read(results / "training.json")
     if training:
         n, top = training["parameters"], peak_of(training)
-        for name, key in (("rise train", "rise_train"), ("raw loop", "raw_loop")):
-            rate = training[key]["tokens_per_s"]
-            mfu[f"training, {name}"] = flops_record(6 * n, rate, top)
+        for precision, timed in training["precisions"].items():
+            for name, key in (("rise train", "rise_train"), ("raw loop", "raw_loop")):
+                rate = timed[key]["tokens_per_s"]
+                mfu[f"training {precision}, {name}"] = flops_record(6 * n, rate, top)
     for name, r in mfu.items():
         rows.append([name, r["gflops"], None, f"{100 * r['mfu']:.3g}%"])
     harness.print_table(

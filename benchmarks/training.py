@@ -1,4 +1,5 @@
-"""Training speed: `rise train` (RWRTrainer on Hugging Face Trainer) against a raw PyTorch loop.
+"""Training speed: `rise train` (RWRTrainer on Hugging Face Trainer) against a raw PyTorch loop,
+in float32 and in bf16 mixed precision (float32 weights, bf16 products under CPU autocast).
 
 1. Padding: the batches the Trainer's data loader makes from the data, one epoch with length
    grouping (the default) and one without; the share of pad tokens in them.
@@ -8,6 +9,7 @@
 3. A raw loop over exactly those batches: forward, the same weighted loss, backward, gradient
    clipping at 1.0, fused AdamW and the cosine schedule (what the Trainer does by default),
    on a fresh copy of the same model. The difference is the framework's overhead.
+4. Steps 2-3 once per precision (`--precisions`), on the same data and batches.
 
 tokens/s counts real (non-pad) tokens only. Without `--data`, the data are collected first
 with the model itself (`rise collect` + `rise build-data` on `--collect-problems` problems).
@@ -30,6 +32,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from rise_llm import collect, data, train
 from rise_llm.engines.hf import load_causal_lm, load_tokenizer
+from rise_llm.precision import cpu_autocast, cpu_has_native_bf16
 from rise_llm.train import (
     ExampleDataset,
     PadCollator,
@@ -76,7 +79,8 @@ def loader_padding(config: TrainConfig, model, tokenizer) -> dict[str, float]:
 
 
 def raw_loop(config: TrainConfig, batches) -> float:
-    """Seconds of a plain loop over `batches`: forward, loss, backward, clip, AdamW, schedule."""
+    """Seconds of a plain loop over `batches`: forward, loss, backward, clip, AdamW, schedule;
+    the forward under CPU bf16 autocast when `config.bf16` is True."""
     model = load_causal_lm(config.model)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -86,7 +90,9 @@ def raw_loop(config: TrainConfig, batches) -> float:
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup, len(batches))
     start = time.perf_counter()
     for batch in batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with cpu_autocast(config.bf16 is True):
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            logits = model(**inputs).logits
         loss = weighted_nll(logits, batch["labels"], batch["weights"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,6 +114,36 @@ def collect_data(model: str, work: Path, problems: int) -> str:
     return str(out)
 
 
+PRECISIONS = {"float32": False, "bf16": True}
+
+
+def timed_precision(config: TrainConfig) -> tuple[dict, list]:
+    """`rise train` and the raw loop over its batches at `config`'s precision."""
+    RecordingCollator.batches = []
+    train.PadCollator = RecordingCollator  # train.run builds its collator by this name
+    try:
+        train.run(config)
+    finally:
+        train.PadCollator = PadCollator
+    record = json.loads((Path(config.out) / train.TRAIN_RECORD).read_text())
+    batches = RecordingCollator.batches
+    raw_seconds = round(raw_loop(config, batches), 3)
+    tokens = padding_share(batches)["real_tokens"]
+    rise_seconds = record["seconds"]
+    result = {
+        "examples": record["examples"],
+        "rise_train": {
+            "seconds": rise_seconds,
+            "tokens_per_s": round(tokens / rise_seconds, 1),
+            "trainer_train_runtime": record["log"][-1].get("train_runtime"),
+            "final_loss": record["train_loss"],
+        },
+        "raw_loop": {"seconds": raw_seconds, "tokens_per_s": round(tokens / raw_seconds, 1)},
+        "overhead": round(rise_seconds / raw_seconds - 1, 4),
+    }
+    return result, batches
+
+
 def main() -> None:
     p = harness.parser(__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="*", default=None, help="data folders from rise build-data")
@@ -115,16 +151,18 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=list(PRECISIONS))
     args = p.parse_args()
     harness.setup(args)
     model_dir = harness.ensure_toy_model(args.model)
+    timed: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         sources = args.data or [collect_data(model_dir, work, args.collect_problems)]
         config = TrainConfig(
             model=model_dir,
             data=sources,
-            out=str(work / "train"),
+            out="",
             lr=args.lr,
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -139,44 +177,52 @@ def main() -> None:
                 TrainConfig(**{**vars(config), "group_by_length": False}), model, tokenizer
             ),
         }
-        train.PadCollator = RecordingCollator  # train.run builds its collator by this name
-        try:
-            train.run(config)
-        finally:
-            train.PadCollator = PadCollator
-        record = json.loads((Path(config.out) / train.TRAIN_RECORD).read_text())
-        batches = RecordingCollator.batches
-        raw_seconds = round(raw_loop(config, batches), 3)
+        for name in args.precisions:
+            out = str(work / f"train-{name}")
+            settings = {**vars(config), "out": out, "bf16": PRECISIONS[name]}
+            timed[name], batches = timed_precision(TrainConfig(**settings))
     seen = padding_share(batches)
     tokens = seen["real_tokens"]
-    rise_seconds = record["seconds"]
+    first = timed[args.precisions[0]]["rise_train"]["seconds"]
+    for r in timed.values():
+        r["speedup_over_first"] = round(first / r["rise_train"]["seconds"], 3)
     result = {
         "model": model_dir,
         "parameters": harness.parameters(model),
         "data": sources,
-        "examples": record["examples"],
+        "examples": timed[args.precisions[0]]["examples"],
         "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        "cpu_has_native_bf16": cpu_has_native_bf16(),
         "steps": len(batches),
         "real_tokens": tokens,
-        "rise_train": {
-            "seconds": rise_seconds,
-            "tokens_per_s": round(tokens / rise_seconds, 1),
-            "trainer_train_runtime": record["log"][-1].get("train_runtime"),
-        },
-        "raw_loop": {
-            "seconds": raw_seconds,
-            "tokens_per_s": round(tokens / raw_seconds, 1),
-        },
-        "overhead": round(rise_seconds / raw_seconds - 1, 4),
+        "precisions": timed,
         "padding": {**padding, "trained_batches": seen},
     }
     harness.print_table(
-        f"Training ({len(batches)} steps of batch {args.batch_size}, {record['examples']} "
-        f"examples) on {model_dir}",
-        ["loop", "s", "real tok/s", "overhead"],
+        f"Training ({len(batches)} steps of batch {args.batch_size}, {result['examples']} "
+        f"examples) on {model_dir}; native bf16: {result['cpu_has_native_bf16']}",
+        ["precision", "loop", "s", "real tok/s", "overhead", "final loss"],
         [
-            ["raw forward+backward+AdamW", raw_seconds, tokens / raw_seconds, None],
-            ["rise train (RWRTrainer)", rise_seconds, tokens / rise_seconds, result["overhead"]],
+            row
+            for name, r in timed.items()
+            for row in (
+                [
+                    name,
+                    "raw forward+backward+AdamW",
+                    r["raw_loop"]["seconds"],
+                    r["raw_loop"]["tokens_per_s"],
+                    None,
+                    None,
+                ],
+                [
+                    name,
+                    "rise train (RWRTrainer)",
+                    r["rise_train"]["seconds"],
+                    r["rise_train"]["tokens_per_s"],
+                    r["overhead"],
+                    r["rise_train"]["final_loss"],
+                ],
+            )
         ],
     )
     harness.print_table(

@@ -49,8 +49,16 @@ def test_machine_reads_the_other_results_for_mfu(tmp_path):
         json.dumps(
             {
                 "parameters": 1000,
-                "rise_train": {"tokens_per_s": 10.0},
-                "raw_loop": {"tokens_per_s": 20.0},
+                "precisions": {
+                    "float32": {
+                        "rise_train": {"tokens_per_s": 10.0},
+                        "raw_loop": {"tokens_per_s": 20.0},
+                    },
+                    "bf16": {
+                        "rise_train": {"tokens_per_s": 30.0},
+                        "raw_loop": {"tokens_per_s": 40.0},
+                    },
+                },
             }
         )
     )
@@ -66,8 +74,11 @@ def test_machine_reads_the_other_results_for_mfu(tmp_path):
     )
     peak = record["matmul"]["all_threads"]["best_gflops"]
     assert peak > 0 and record["matmul"]["one_thread"]["best_gflops"] > 0
-    raw = record["mfu"]["training, raw loop"]
+    raw = record["mfu"]["training float32, raw loop"]
     assert raw["gflops"] == pytest.approx(6 * 1000 * 20 / 1e9, rel=1e-3)
+    assert record["mfu"]["training bf16, rise train"]["gflops"] == pytest.approx(
+        6 * 1000 * 30 / 1e9, rel=1e-3
+    )
     assert raw["peak_gflops"] > 0  # the peak at the thread count of the result
     assert raw["mfu"] == pytest.approx(raw["gflops"] / raw["peak_gflops"], rel=1e-2)
     assert not any(k.startswith("generation") for k in record["mfu"])  # no rollout.json
@@ -87,10 +98,13 @@ def test_training_measures_overhead_and_padding(tiny_model_dir, tmp_path):
     assert padding["grouped"]["real_tokens"] == padding["random"]["real_tokens"]
     assert padding["trained_batches"]["real_tokens"] == record["real_tokens"]
     assert record["steps"] == padding["grouped"]["batches"]
-    assert record["rise_train"]["seconds"] > 0 and record["raw_loop"]["seconds"] > 0
-    assert record["overhead"] == pytest.approx(
-        record["rise_train"]["seconds"] / record["raw_loop"]["seconds"] - 1, abs=1e-3
-    )
+    assert set(record["precisions"]) == {"float32", "bf16"}
+    for timed in record["precisions"].values():
+        assert timed["rise_train"]["seconds"] > 0 and timed["raw_loop"]["seconds"] > 0
+        assert timed["overhead"] == pytest.approx(
+            timed["rise_train"]["seconds"] / timed["raw_loop"]["seconds"] - 1, abs=1e-3
+        )
+    assert record["precisions"]["float32"]["speedup_over_first"] == 1.0
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from rise_llm.chat import IGNORE_INDEX, encode_conversation
 from rise_llm.data import DATA
 from rise_llm.engines.hf import load_causal_lm, load_tokenizer
 from rise_llm.errors import RiseError
+from rise_llm.precision import Bf16, use_bf16
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, versions
 from rise_llm.records import TrainingExample, read_stage_outputs
@@ -63,9 +64,11 @@ class TrainConfig:
             instead of all weights; the saved model has the adapters merged in.
         normalize_weights: divide weights by their mean over the data (off in the reference).
         group_by_length: batch examples of similar length (less padding).
-        bf16: bfloat16 weights and compute; "auto" uses it on a GPU that supports it. Without
+        bf16: bfloat16 compute; "auto" uses it on a GPU that supports it (`precision.py`). On a
+            GPU without
             DeepSpeed the optimiser updates the bfloat16 weights directly (no float32 master
-            copy: half the memory, coarser updates); DeepSpeed keeps float32 master weights.
+            copy: half the memory, coarser updates); DeepSpeed keeps float32 master weights. On
+            the CPU, true is mixed precision: float32 weights, bf16 products under autocast.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
         deepspeed: a DeepSpeed JSON config, e.g. configs/deepspeed/zero3.json (ZeRO-3, the
             reference's); needs `pip install deepspeed`, and `accelerate launch` or `deepspeed`
@@ -103,7 +106,7 @@ class TrainConfig:
     lora_targets: str | list[str] = "all-linear"
     normalize_weights: bool = False
     group_by_length: bool = True
-    bf16: Literal["auto"] | bool = "auto"
+    bf16: Bf16 = "auto"
     gradient_checkpointing: bool = False
     deepspeed: str | None = None
     fsdp_config: str | dict[str, Any] | None = None
@@ -238,12 +241,20 @@ def load_examples(sources: Sequence[str]) -> list[TrainingExample]:
     return read_stage_outputs(sources, DATA, TrainingExample, "run `rise build-data` first")
 
 
+def _on_cpu(config: TrainConfig) -> bool:
+    """Training runs on the CPU: asked for, or no GPU (CUDA or Apple's MPS) to run on."""
+    return config.device == "cpu" or not (
+        torch.cuda.is_available() or torch.backends.mps.is_available()
+    )
+
+
 def _use_bf16(config: TrainConfig) -> bool:
-    if config.bf16 == "auto":
-        return (
-            config.device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        )
-    return bool(config.bf16)
+    return use_bf16(config.bf16, _on_cpu(config))
+
+
+def _weights_dtype(config: TrainConfig, bf16: bool) -> torch.dtype:
+    """bf16 weights on a GPU; on the CPU bf16 is mixed precision over float32 weights."""
+    return torch.bfloat16 if bf16 and not _on_cpu(config) else torch.float32
 
 
 def _settings(config: TrainConfig) -> dict[str, Any]:
@@ -287,18 +298,24 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
         seed=config.seed,
         data_seed=config.seed,
         remove_unused_columns=False,
-        use_cpu=_train_on_cpu(config),
+        use_cpu=_train_on_cpu(config, bf16),
         disable_tqdm=False,
         dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
     )
 
 
-def _train_on_cpu(config: TrainConfig) -> bool:
-    """`device: cpu`, or several processes launched (`accelerate launch`, `torchrun`) on a
-    machine without a GPU: they then join one gloo process group, where the Trainer would
-    otherwise run them as unrelated single-process trainings, each on all the data."""
+def _train_on_cpu(config: TrainConfig, bf16: bool = False) -> bool:
+    """The Trainer's use_cpu: `device: cpu`; bf16 on the CPU (the Trainer refuses bf16 without
+    a GPU unless told to use the CPU, then trains under CPU autocast); or several processes
+    launched (`accelerate launch`, `torchrun`) on a machine without a GPU: they then join one
+    gloo process group, where the Trainer would otherwise run them as unrelated single-process
+    trainings, each on all the data."""
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return config.device == "cpu" or (several and not torch.cuda.is_available())
+    return (
+        config.device == "cpu"
+        or (bf16 and _on_cpu(config))
+        or (several and not torch.cuda.is_available())
+    )
 
 
 def _save_model(trainer: Trainer, config: TrainConfig, folder: Path, dtype: torch.dtype) -> None:
@@ -339,7 +356,7 @@ def run(config: TrainConfig) -> Path:
             f"train: dropped {dataset.dropped} examples longer than {config.max_length} tokens"
         )
     bf16 = _use_bf16(config)
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = _weights_dtype(config, bf16)
     # before the model: DeepSpeed ZeRO-3 partitions the weights as they load only when the
     # Trainer's arguments exist first
     args = training_arguments(config, bf16)
