@@ -155,3 +155,19 @@ def test_evaluation_compares_reused_samples_with_every_mode_sampled(tiny_model_d
         estimate, low, high = m["difference"]
         assert low <= estimate <= high
         assert estimate == pytest.approx(m["reused"] - m["every_mode"])
+
+
+def test_training_step_times_and_profiles_each_variant(tmp_path):
+    record = run_benchmark(
+        "training_step.py",
+        tmp_path / "training_step.json",
+        *("--variants", "float32", "bf16 no mask", "--steps", "1", "--batch-size", "2"),
+        *("--profile-steps", "1"),
+    )
+    variants = record["variants"]
+    assert list(variants) == ["float32", "bf16 no mask"]
+    assert all(v["real_tokens_per_s"] > 0 and v["warmup_seconds"] > 0 for v in variants.values())
+    assert variants["float32"]["speed_vs_first"] == 1.0
+    shares = variants["float32"]["profile_self_share"]  # profiled: float32, bf16 with sdpa
+    assert "aten::mm" in shares and 0 < sum(shares.values()) <= 1
+    assert "profile_self_share" not in variants["bf16 no mask"]
