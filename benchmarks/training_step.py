@@ -10,8 +10,10 @@ time of a step does not depend on the weights) on the same batches `rise toy-mod
   a real token see a pad, so the mask only tells sdpa it cannot take its causal fast path;
 - compiled: `model.compile(dynamic=True)`; its warm-up (the compilation) is timed apart.
 
-Per variant: warm-up seconds (2 steps), then real tokens/s over the timed steps, and for the
-float32 and bf16 sdpa variants a `torch.profiler` table of the ops that took the most time.
+A discarded round of the first variant warms the process up (its first steps ran 30-50%
+slower). Per variant: warm-up seconds (2 steps; for a compiled model the compilation, faster
+when inductor's cache in /tmp already holds it), then real tokens/s over the timed steps, and
+for the float32 and bf16 sdpa variants a `torch.profiler` table of the ops that took the most time.
 
     python benchmarks/training_step.py                  # every variant
     python benchmarks/training_step.py --variants float32 bf16 --steps 6
@@ -103,6 +105,9 @@ def main() -> None:
     pool = task.problems("train", 20_000)
     tokenizer = build_tokenizer()
     batches = [make_batch(config, task, pool, tokenizer, s) for s in range(WARMUP + args.steps)]
+    # the process's first steps run slower (allocator, page faults, thread pool): a discarded
+    # round of the first variant keeps that out of its figures
+    time_variant(args.variants[0], batches, profile_steps=0)
     results = {}
     for name in args.variants:
         results[name] = time_variant(name, batches, args.profile_steps)
