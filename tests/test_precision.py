@@ -6,12 +6,10 @@ import pytest
 import torch
 from conftest import TINY
 from safetensors.torch import load_file
-from test_train import _examples
+from test_train import _train
 
 from rise_llm import precision, train
-from rise_llm.records import write_jsonl
 from rise_llm.toy_model import ToyModelConfig, build
-from rise_llm.train import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -50,22 +48,9 @@ def test_cpu_training_in_bf16_is_mixed_precision(
     tmp_path, tiny_model_dir, monkeypatch, bf16, products
 ):
     """bf16 on the CPU: products in bf16 under autocast, float32 weights trained and saved."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "data.jsonl", _examples(12.18))
     dtypes = _ProductDtypes()
     monkeypatch.setattr(train, "load_causal_lm", dtypes.load)
-    config = TrainConfig(
-        model=str(tiny_model_dir),
-        data=[str(data)],
-        out=str(tmp_path / "train"),
-        lr=1e-2,
-        max_steps=2,
-        batch_size=2,
-        device="cpu",
-        bf16=bf16,
-    )
-    out = train.run(config)
+    out = _train(tmp_path, tiny_model_dir, weight=12.18, bf16=bf16)
     assert dtypes.seen == {products}
     before = load_file(tiny_model_dir / "model.safetensors")
     after = load_file(out / "model.safetensors")

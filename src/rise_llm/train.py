@@ -65,10 +65,10 @@ class TrainConfig:
         normalize_weights: divide weights by their mean over the data (off in the reference).
         group_by_length: batch examples of similar length (less padding).
         bf16: bfloat16 compute; "auto" uses it on a GPU that supports it (`precision.py`). On a
-            GPU without
-            DeepSpeed the optimiser updates the bfloat16 weights directly (no float32 master
-            copy: half the memory, coarser updates); DeepSpeed keeps float32 master weights. On
-            the CPU, true is mixed precision: float32 weights, bf16 products under autocast.
+            GPU without DeepSpeed the optimiser updates the bfloat16 weights directly (no
+            float32 master copy: half the memory, coarser updates); DeepSpeed keeps float32
+            master weights. On the CPU, true is mixed precision: float32 weights, bf16 products
+            under autocast.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
         deepspeed: a DeepSpeed JSON config, e.g. configs/deepspeed/zero3.json (ZeRO-3, the
             reference's); needs `pip install deepspeed`, and `accelerate launch` or `deepspeed`
