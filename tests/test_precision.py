@@ -31,16 +31,14 @@ class _ProductDtypes:
 
     def __init__(self):
         self.seen: set[torch.dtype] = set()
+        self.load_model = train.load_causal_lm
 
     def load(self, *args, **kwargs):
-        model = LOAD(*args, **kwargs)
+        model = self.load_model(*args, **kwargs)
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.register_forward_hook(lambda m, i, out: self.seen.add(out.dtype))
         return model
-
-
-LOAD = train.load_causal_lm
 
 
 @pytest.mark.parametrize(("bf16", "products"), [(True, torch.bfloat16), (False, torch.float32)])

@@ -277,8 +277,7 @@ def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
             f"run: {target.out} starts from {target.base_model}, not {source.base_model}; "
             "only runs from the same base model can share its evaluation"
         )
-    done = source.root / "base" / "eval"
-    shared = target.root / "base" / "eval"
+    done, shared = Path(theirs.out), Path(mine.out)
     if shared.exists() or not (done / "metrics.json").exists():
         return
     if dataclasses.replace(mine, out=theirs.out) != theirs:

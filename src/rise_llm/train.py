@@ -304,7 +304,7 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
     )
 
 
-def _train_on_cpu(config: TrainConfig, bf16: bool = False) -> bool:
+def _train_on_cpu(config: TrainConfig, bf16: bool) -> bool:
     """The Trainer's use_cpu: `device: cpu`; bf16 on the CPU (the Trainer refuses bf16 without
     a GPU unless told to use the CPU, then trains under CPU autocast); or several processes
     launched (`accelerate launch`, `torchrun`) on a machine without a GPU: they then join one
