@@ -42,6 +42,45 @@ def test_rollout_compares_collection_with_one_call_per_sample(tiny_model_dir, tm
     assert record["settings"]["temperature"] == 1.0
 
 
+def test_decoding_step_splits_collection_into_stages(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "decoding_step.py",
+        tmp_path / "decoding_step.json",
+        *("--model", str(tiny_model_dir), "--batch-sizes", "2,4", "--problems", "3"),
+        *("--profile-problems", "2", "--samples", "2", "--max-new-tokens", "8"),
+    )
+    assert set(record["batches"]) == {"2", "4"}
+    for r in record["batches"].values():
+        stages = r["stage_seconds"]
+        assert r["decoding_steps"] > 0 and r["generated_tokens"] > 0
+        assert {"model: attention", "prefill (prompts, once each)", "detokenise"} <= set(stages)
+        # exclusive times: together they are at most the wall time of the timed collection
+        assert sum(stages.values()) <= r["seconds_with_timers"] + 0.01
+        assert r["stage_calls"]["episode logic (prompts, verifier, records)"] == 1
+        assert r["ops_self_share"] and r["ops_share_of_wall"] > 0
+
+
+def test_stage_clock_charges_each_moment_to_the_innermost_stage(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from decoding_step import StageClock
+
+    ticks = iter(range(100))
+    clock = StageClock(now=lambda: float(next(ticks)))
+    hidden = clock.wrap("hidden", lambda: None)  # inside an absorbing stage: not a stage
+    absorbing = clock.wrap("absorbing", lambda: hidden(), absorbs=True)
+    inner = clock.wrap("inner", lambda: None)
+
+    def outer_body():
+        inner()  # ticks 1, 2
+        absorbing()  # ticks 3, 4
+        inner()  # ticks 5, 6
+
+    clock.wrap("outer", outer_body)()  # ticks 0 and 7
+    assert dict(clock.seconds) == {"outer": 4.0, "inner": 2.0, "absorbing": 1.0}
+    assert dict(clock.calls) == {"outer": 1, "inner": 2, "absorbing": 1}
+    assert clock.stack == [] and not clock.absorbing
+
+
 def test_machine_reads_the_other_results_for_mfu(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
