@@ -22,6 +22,9 @@ from pathlib import Path
 
 import harness
 
+from rise_llm.pipeline import RunConfig
+from rise_llm.provenance import read_run_config
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "arith-toy.yaml"
 
 
@@ -33,17 +36,18 @@ def mtime(path: Path) -> float:
 
 def stage_times(root: Path) -> list[dict]:
     """(stage, seconds, detail) per stage, in the order the run does them."""
-    iterations = sorted(
-        int(p.name.removeprefix("iter")) for p in root.glob("iter*") if p.name[4:].isdigit()
-    )
-    marks = [("base: evaluate", root / "base" / "eval" / "metrics.json")]
-    for k in iterations:
-        it = root / f"iter{k}"
+    recorded = read_run_config(root)
+    if recorded is None:
+        sys.exit(f"end_to_end: {root} holds no config.json; is it a `rise run` folder?")
+    run = RunConfig(**{**recorded, "out": str(root)})
+    marks = [(f"{run.label_of(0)}: evaluate", run.folder(0) / "eval" / "metrics.json")]
+    for k in range(1, run.iterations + 1):
+        it, label = run.folder(k), run.label_of(k)
         marks += [
-            (f"iter{k}: collect", it / "collect" / "episodes.jsonl"),
-            (f"iter{k}: build data", it / "data" / "data.jsonl"),
-            (f"iter{k}: train", it / "train" / "train.json"),
-            (f"iter{k}: evaluate", it / "eval" / "metrics.json"),
+            (f"{label}: collect", it / "collect" / "episodes.jsonl"),
+            (f"{label}: build data", it / "data" / "data.jsonl"),
+            (f"{label}: train", it / "train" / "train.json"),
+            (f"{label}: evaluate", it / "eval" / "metrics.json"),
         ]
     marks.append(("summary, comparisons, plot", root / "accuracy_by_turn.png"))
     previous = mtime(root / "config.json")
@@ -87,9 +91,8 @@ def main() -> None:
         start = time.perf_counter()
         run(load_run_config(args.config, overrides))
         wall = round(time.perf_counter() - start, 1)
-    run_config = json.loads((root / "config.json").read_text())
-    model_dir = run_config["config"]["base_model"]
     stages = stage_times(root)
+    model_dir = read_run_config(root)["base_model"]
     total = round(sum(s["seconds"] for s in stages), 1)
     ordered = all(s["seconds"] >= 0 for s in stages)
     toy_record = Path(model_dir) / "toy_model.json"

@@ -14,8 +14,9 @@ import time
 
 import harness
 
+from rise_llm.claims import paired_bootstrap
 from rise_llm.evaluate import EvaluateConfig, run
-from rise_llm.metrics import paired_bootstrap, per_problem
+from rise_llm.metrics import OUTCOME_FIELDS, MetricNames, outcomes
 
 
 def derived(episode, reuse: bool) -> bool:
@@ -45,15 +46,19 @@ def main() -> None:
         results[reuse] = (result, seconds, samples)
 
     (old, old_s, old_n), (new, new_s, new_n) = results[False], results[True]
-    outcomes_old = per_problem(old.episodes, args.turns)
-    outcomes_new = per_problem(new.episodes, args.turns)
+    by_old = outcomes(old.episodes, args.turns)
+    by_new = outcomes(new.episodes, args.turns)
+    ids = sorted(by_old)
+    names = MetricNames(args.turns, args.turns)
     rows, metrics = [], {}
-    for name, by_problem in outcomes_old.items():
-        ids = sorted(by_problem)
-        diffs = [outcomes_new[name][pid] - by_problem[pid] for pid in ids]
-        estimate, low, high = paired_bootstrap(diffs, seed=args.seed)
-        mean_old = sum(by_problem.values()) / len(ids)
-        mean_new = sum(outcomes_new[name].values()) / len(ids)
+    for field in OUTCOME_FIELDS:
+        name = names.outcome(field)
+        before = [getattr(by_old[pid], field) for pid in ids]
+        after = [getattr(by_new[pid], field) for pid in ids]
+        estimate, low, high = paired_bootstrap(
+            [a - b for a, b in zip(after, before, strict=True)], seed=args.seed
+        )
+        mean_old, mean_new = sum(before) / len(ids), sum(after) / len(ids)
         inside = low <= 0 <= high
         rows.append(
             [name, mean_old, mean_new, f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]", inside]

@@ -163,7 +163,7 @@ def test_load_run_config_with_sections(tmp_path):
     assert collect.out == str(Path("runs/test") / "iter1" / "collect")
     assert cfg.data_config(1).criteria == "better"
     assert (cfg.train_config(1).lr, cfg.train_config(1).epochs) == (1e-4, 2.0)
-    assert (cfg.evaluate_config("base").turns, cfg.evaluate_config("base").limit) == (3, 50)
+    assert (cfg.evaluate_config(0).turns, cfg.evaluate_config(0).limit) == (3, 50)
 
 
 def test_load_run_config_overrides_win(tmp_path):
@@ -212,7 +212,7 @@ def test_the_run_chat_template_reaches_every_stage(tmp_path):
     cfg = load_run_config(write(tmp_path, VALID + "chat_template: t.jinja\n"))
     assert cfg.collect_config(1).chat_template == "t.jinja"
     assert cfg.train_config(1).chat_template == "t.jinja"
-    assert cfg.evaluate_config("iter1").chat_template == "t.jinja"
+    assert cfg.evaluate_config(1).chat_template == "t.jinja"
 
 
 SHIPPED = sorted(p for p in CONFIGS.rglob("*") if p.is_file())

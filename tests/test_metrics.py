@@ -10,7 +10,9 @@ import pytest
 
 from rise_llm.metrics import (
     MAJORITY_RULE,
+    OUTCOME_FIELDS,
     TRANSITIONS,
+    MetricNames,
     Metrics,
     compute_metrics,
     majority_answer,
@@ -291,3 +293,28 @@ def test_parallel_keys_are_named_after_the_number_of_samples(
     assert m[passk[0]] == passk[1]
     assert m["n"] == 2
     assert {k for k in m if "@" in k} == {majority[0], passk[0]}
+
+
+def test_metric_names_are_formatted_in_one_place() -> None:
+    names = MetricNames(turns=5, samples=5)
+    assert names.columns() == [
+        *(f"acc@{t}" for t in range(1, 6)),
+        *("m1@t5", "p1@t5", "m5@t1", "p5@t1"),
+    ]
+    assert [names.outcome(f) for f in OUTCOME_FIELDS] == [
+        *("acc@1", "m1@t5", "p1@t5", "m5@t1", "p5@t1")
+    ]
+    assert MetricNames(turns=3).columns() == ["acc@1", "acc@2", "acc@3", "m1@t3", "p1@t3"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "samples"),
+    [
+        ({"turns": 5, "m1@t5": 0.5, "p1@t5": 0.7, "m3@t1": 0.4, "p3@t1": 0.6}, 3),
+        ({"turns": 5, "m1@t5": 0.5, "p1@t5": 0.7}, 0),  # no parallel mode
+        ({"turns": 1, "acc@1": 0.3, "m1@t1": 0.3, "p1@t1": 0.3}, 0),  # p1@t1: the oracle
+        ({"turns": 2, "p1@t2": 0.5, "m2@t1": 0.1, "p2@t1": 0.2}, 2),
+    ],
+)
+def test_metric_names_of_a_stored_dict_find_its_parallel_samples(stored, samples) -> None:
+    assert MetricNames.of(stored) == MetricNames(stored["turns"], samples)

@@ -49,6 +49,7 @@ from rise_llm.records import (
 )
 from rise_llm.report import collection_table, stdout
 from rise_llm.rollout import context
+from rise_llm.seeds import turn_seed
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import Task
 from rise_llm.verifiers import stage_verifier
@@ -229,7 +230,7 @@ def collect_chunk(
         ]
         engine, n = (learner, 1) if t == 1 else (improver, config.samples)
         outs = engine.generate(
-            convs, n=n, params=params.with_seed(params.seed + 7919 * t), desc=f"collect turn {t}"
+            convs, n=n, params=params.with_seed(turn_seed(params.seed, t)), desc=f"collect turn {t}"
         )
         still_running = []
         for i, messages, completions in zip(running, convs, outs, strict=True):

@@ -1,7 +1,7 @@
 """`rise compare`: several models evaluated on the same problems, each against one base.
 
 The ablation table of the self-correction issue: for each model, its turn curve, the paper's
-four claims against the base with paired bootstrap 95% intervals (`metrics.rise_claims`), the
+four claims against the base with paired bootstrap 95% intervals (`claims.rise_claims`), the
 rise from turn 1 to turn 2 (acc@2 - acc@1, paired over problems), and the turn-1 -> turn-2
 transitions that say *why* a curve rises or falls: right answers kept, wrong ones fixed, wrong
 ones repeated unchanged (SCoRe's minimal-edit collapse), the share of corrections that are
@@ -22,9 +22,10 @@ from typing import Any
 
 from rich.table import Table
 
+from rise_llm.claims import paired_bootstrap, rise_claims
 from rise_llm.edits import similarity
 from rise_llm.errors import RiseError
-from rise_llm.metrics import compute_metrics, paired_bootstrap, rise_claims
+from rise_llm.metrics import MetricNames, compute_metrics
 from rise_llm.records import Episode, read_stage_outputs
 from rise_llm.report import stdout
 
@@ -251,14 +252,15 @@ def _markdown(columns: list[str] | tuple[str, ...], cells: list[list[str]]) -> s
 
 def per_turn_columns(rows: list[Row]) -> list[str]:
     k = len(rows[0].acc)
+    names = MetricNames(k, k)
     steps = ", ".join(f"{t}->{t + 1}" for t in range(1, k))
     return [
         "model",
-        f"acc@1 .. acc@{k}",
-        f"m1@t{k}",
-        f"m{k}@t1",
-        f"p1@t{k}",
-        f"p{k}@t1",
+        f"{names.acc(1)} .. {names.acc(k)}",
+        names.majority,
+        names.parallel_majority,
+        names.oracle,
+        names.parallel_any,
         f"right kept / wrong fixed / wrong unchanged, turns {steps}",
     ]
 

@@ -86,13 +86,13 @@ def run(config: DemoConfig) -> list[Row]:
         share_base_evaluation(first, recipe_run)
         run_pipeline(recipe_run)
     models = [
-        f"{recipe} {r.label_of(k)}={r.root / r.label_of(k) / 'eval'}"
+        f"{recipe} {r.label_of(k)}={r.folder(k) / 'eval'}"
         for recipe, r in runs.items()
         for k in range(1, r.iterations + 1)
     ]
     console.rule("[bold]every recipe against the base")
     return compare(
         CompareConfig(
-            base=str(first.root / "base" / "eval"), models=models, seed=config.seed, out=config.out
+            base=str(first.folder(0) / "eval"), models=models, seed=config.seed, out=config.out
         )
     )

@@ -31,6 +31,7 @@ from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl_for_resume, write_jsonl
 from rise_llm.report import print_metrics
 from rise_llm.rollout import (
+    default_context_window,
     oracle_prefixes,
     parallel_episodes,
     sequential_episodes,
@@ -87,7 +88,7 @@ class EvaluateConfig:
         check_at_least("evaluate", 1, turns=self.turns, limit=self.limit)
         check_at_least("evaluate", 1, batch_size=self.batch_size)
         if self.context_window is None:
-            self.context_window = min(2, self.turns)
+            self.context_window = default_context_window(self.turns)
         check_context_window("evaluate", self.context_window, self.turns)
 
 

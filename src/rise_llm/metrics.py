@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from rise_llm.edits import is_edit
 from rise_llm.records import SCHEMA_VERSION, Episode, Turn
 
@@ -31,6 +29,63 @@ MAJORITY_RULE = (
     "majority: attempts without an extractable answer do not vote; ties go to the most recent "
     "of the tied answers; no votes counts as wrong"
 )
+
+
+MAX_PARALLEL_SAMPLES = 1024  # the most parallel samples a stored metrics file is searched for
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """The names metrics are stored and printed under, for K=`turns` and `samples` parallel
+    samples: acc@t, m1@tK (majority over turns), p1@tK (oracle), mS@t1 and pS@t1 (majority and
+    any-correct over S parallel turn-1 samples). Every name is formatted here and only here."""
+
+    turns: int
+    samples: int = 0
+
+    def acc(self, t: int) -> str:
+        return f"acc@{t}"
+
+    @property
+    def first_turn_majority(self) -> str:
+        return "m1@t1"  # a majority over one attempt: acc@1 under the name the paper gives it
+
+    @property
+    def majority(self) -> str:
+        return f"m1@t{self.turns}"
+
+    @property
+    def oracle(self) -> str:
+        return f"p1@t{self.turns}"
+
+    @property
+    def parallel_majority(self) -> str:
+        return f"m{self.samples}@t1"
+
+    @property
+    def parallel_any(self) -> str:
+        return f"p{self.samples}@t1"
+
+    def outcome(self, field: str) -> str:
+        """The name of the metric an `Outcome` field is behind ("first" is acc@1)."""
+        return self.acc(1) if field == "first" else getattr(self, field)
+
+    def columns(self) -> list[str]:
+        """Reading order: acc@1..acc@K, m1@tK, p1@tK, then the parallel baselines (if any)."""
+        cols = [self.acc(t) for t in range(1, self.turns + 1)] + [self.majority, self.oracle]
+        return cols + ([self.parallel_majority, self.parallel_any] if self.samples else [])
+
+    @classmethod
+    def of(cls, stored: dict[str, Any]) -> MetricNames:
+        """The names of a stored metrics dict (`Metrics.to_dict`), its parallel sample count
+        found by looking its baselines up under this class's own names (a baseline has at
+        least 2 samples: with K=1 there is none, and p1@t1 is the oracle's p1@tK)."""
+        turns = stored["turns"]
+        samples = next(
+            (s for s in range(2, MAX_PARALLEL_SAMPLES + 1) if cls(turns, s).parallel_any in stored),
+            0,
+        )
+        return cls(turns, samples)
 
 
 def majority_answer(attempts: Sequence[Turn]) -> str | None:
@@ -82,17 +137,21 @@ class Metrics:
     seconds: dict[str, float] = field(default_factory=dict)
     majority_rule: str = MAJORITY_RULE
 
+    @property
+    def names(self) -> MetricNames:
+        return MetricNames(self.turns, self.parallel_samples)
+
     def to_dict(self) -> dict[str, Any]:
-        k, s = self.turns, self.parallel_samples
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "n": self.n, "turns": k}
-        out.update({f"acc@{t}": a for t, a in enumerate(self.acc, start=1)})
+        names = self.names
+        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "n": self.n, "turns": self.turns}
+        out.update({names.acc(t): a for t, a in enumerate(self.acc, start=1)})
         if self.acc:
-            out["m1@t1"] = self.acc[0]
+            out[names.first_turn_majority] = self.acc[0]
         named = {
-            f"m1@t{k}": self.majority,
-            f"p1@t{k}": self.oracle,
-            f"m{s}@t1": self.parallel_majority,
-            f"p{s}@t1": self.parallel_any,
+            names.majority: self.majority,
+            names.oracle: self.oracle,
+            names.parallel_majority: self.parallel_majority,
+            names.parallel_any: self.parallel_any,
         }
         out.update({key: v for key, v in named.items() if v is not None})
         out["transitions"] = self.transitions
@@ -103,24 +162,16 @@ class Metrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
-        k = data["turns"]
-        samples = next(
-            (
-                int(key[1:-3])
-                for key in data
-                if key.startswith("p") and key.endswith("@t1") and key != "p1@t1"
-            ),
-            0,
-        )
+        names = MetricNames.of(data)
         return cls(
             n=data["n"],
-            turns=k,
-            acc=[data[f"acc@{t}"] for t in range(1, k + 1) if f"acc@{t}" in data],
-            majority=data.get(f"m1@t{k}"),
-            oracle=data.get(f"p1@t{k}"),
-            parallel_samples=samples,
-            parallel_majority=data.get(f"m{samples}@t1") if samples else None,
-            parallel_any=data.get(f"p{samples}@t1") if samples else None,
+            turns=names.turns,
+            acc=[data[names.acc(t)] for t in range(1, names.turns + 1) if names.acc(t) in data],
+            majority=data.get(names.majority),
+            oracle=data.get(names.oracle),
+            parallel_samples=names.samples,
+            parallel_majority=data.get(names.parallel_majority) if names.samples else None,
+            parallel_any=data.get(names.parallel_any) if names.samples else None,
             transitions=data.get("transitions", {}),
             context_window=data.get("context_window"),
             seconds=data.get("seconds", {}),
@@ -133,24 +184,25 @@ def compute_metrics(episodes: Sequence[Episode], turns: int) -> Metrics:
     Modes whose episodes are absent leave their fields None. With K=1 the parallel baselines
     would be acc@1 and p1@t1 themselves, so they are not reported separately.
     """
+    by_problem = outcomes(episodes, turns)
+
+    def mean(field: str) -> float | None:
+        values = [getattr(o, field) for o in by_problem.values()]
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
     no_oracle = _by_problem(episodes, "no_oracle")
-    oracle = _by_problem(episodes, "oracle")
     parallel = _by_problem(episodes, "parallel")
-    metrics = Metrics(n=len(no_oracle or oracle or parallel), turns=turns)
+    metrics = Metrics(n=len(by_problem), turns=turns, oracle=mean("oracle"))
     if no_oracle:
         eps = [group[0] for group in no_oracle.values()]
         metrics.acc = [sum(ep.turns[t].correct for ep in eps) / len(eps) for t in range(turns)]
-        metrics.majority = sum(majority_correct(ep.turns[:turns]) for ep in eps) / len(eps)
+        metrics.majority = mean("majority")
         metrics.transitions = {f"{t}->{t + 1}": transition_counts(eps, t) for t in range(1, turns)}
-    if oracle:
-        metrics.oracle = sum(group[0].solved for group in oracle.values()) / len(oracle)
     if parallel and turns > 1:
-        samples = [
-            [ep.turns[0] for ep in sorted(g, key=lambda e: e.sample)] for g in parallel.values()
-        ]
-        metrics.parallel_samples = len(samples[0])
-        metrics.parallel_majority = sum(majority_correct(x) for x in samples) / len(samples)
-        metrics.parallel_any = sum(any(t.correct for t in x) for x in samples) / len(samples)
+        metrics.parallel_samples = len(next(iter(parallel.values())))
+        metrics.parallel_majority = mean("parallel_majority")
+        metrics.parallel_any = mean("parallel_any")
     return metrics
 
 
@@ -174,87 +226,32 @@ def transition_counts(episodes: Sequence[Episode], t: int) -> dict[str, int]:
     return {k: counts[k] for k in TRANSITIONS + FAILURE_MODES}
 
 
-def per_problem(episodes: Sequence[Episode], turns: int) -> dict[str, dict[str, float]]:
-    """Per-problem outcomes (0/1) behind each metric, for paired comparisons of two runs.
+@dataclass(frozen=True)
+class Outcome:
+    """One problem's 0/1 outcome behind each metric (1.0 right, 0.0 wrong), for paired
+    comparisons of two evaluations; None where its mode was not run. Field names as `Metrics`:
+    first is acc@1, majority m1@tK, oracle p1@tK, parallel_majority mS@t1, parallel_any pS@t1."""
 
-    Keys: "acc@1", "m1@tK", "p1@tK", "mS@t1", "pS@t1" (as present), each {problem_id: 0 or 1}.
-    """
-    out: dict[str, dict[str, float]] = defaultdict(dict)
+    first: float | None = None
+    majority: float | None = None
+    oracle: float | None = None
+    parallel_majority: float | None = None
+    parallel_any: float | None = None
+
+
+OUTCOME_FIELDS = ("first", "majority", "oracle", "parallel_majority", "parallel_any")
+
+
+def outcomes(episodes: Sequence[Episode], turns: int) -> dict[str, Outcome]:
+    """Each problem's `Outcome` with K=`turns`, by problem id (the metrics are their means)."""
+    found: dict[str, dict[str, float]] = defaultdict(dict)
     for pid, group in _by_problem(episodes, "no_oracle").items():
-        out["acc@1"][pid] = float(group[0].turns[0].correct)
-        out[f"m1@t{turns}"][pid] = float(majority_correct(group[0].turns[:turns]))
+        found[pid]["first"] = float(group[0].turns[0].correct)
+        found[pid]["majority"] = float(majority_correct(group[0].turns[:turns]))
     for pid, group in _by_problem(episodes, "oracle").items():
-        out[f"p1@t{turns}"][pid] = float(group[0].solved)
+        found[pid]["oracle"] = float(group[0].solved)
     for pid, group in _by_problem(episodes, "parallel").items():
         samples = [ep.turns[0] for ep in sorted(group, key=lambda e: e.sample)]
-        out[f"m{len(samples)}@t1"][pid] = float(majority_correct(samples))
-        out[f"p{len(samples)}@t1"][pid] = float(any(t.correct for t in samples))
-    return dict(out)
-
-
-@dataclass
-class Claim:
-    """A measured difference with its paired-bootstrap 95% interval, against a threshold."""
-
-    name: str
-    estimate: float
-    low: float
-    high: float
-    threshold: float
-    n: int
-
-    @property
-    def holds(self) -> bool:
-        return self.estimate >= self.threshold
-
-    @property
-    def significant(self) -> bool:
-        """The whole 95% interval clears the threshold."""
-        return self.low >= self.threshold
-
-
-def paired_bootstrap(
-    differences: Sequence[float], resamples: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of per-problem differences and its bootstrap 95% interval (resampling problems)."""
-    values = np.asarray(differences, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def rise_claims(
-    base: Sequence[Episode], trained: Sequence[Episode], turns: int, seed: int = 0
-) -> list[Claim]:
-    """The paper's four claims (issue "RISE loop", METHOD.md) for a trained model vs its base.
-
-    1. with oracle it solves more within K turns: p1@tK gain >= 0.05;
-    2. sequential beats parallel at equal compute: its m1@tK - mK@t1 >= 0;
-    3. it gains more from extra turns than the base: (m1@tK - m1@t1) gain >= 0.03;
-    4. it keeps its first-turn ability: acc@1 change >= -0.02.
-    Problems are paired across the two runs, so they must be evaluated on the same problems.
-    """
-    b, r = per_problem(base, turns), per_problem(trained, turns)
-    ids = sorted(b["acc@1"])
-    if sorted(r["acc@1"]) != ids:
-        raise ValueError("the two runs were not evaluated on the same problems")
-    m, p, par = f"m1@t{turns}", f"p1@t{turns}", f"m{turns}@t1"
-
-    def diff(fn) -> list[float]:
-        return [fn(i) for i in ids]
-
-    specs = [
-        (f"{p} gain over base", diff(lambda i: r[p][i] - b[p][i]), 0.05),
-        (f"{m} - {par} (sequential vs parallel)", diff(lambda i: r[m][i] - r[par][i]), 0.0),
-        (
-            f"({m} - m1@t1) gain over base",
-            diff(lambda i: (r[m][i] - r["acc@1"][i]) - (b[m][i] - b["acc@1"][i])),
-            0.03,
-        ),
-        ("acc@1 change from base", diff(lambda i: r["acc@1"][i] - b["acc@1"][i]), -0.02),
-    ]
-    claims = []
-    for name, values, threshold in specs:
-        estimate, low, high = paired_bootstrap(values, seed=seed)
-        claims.append(Claim(name, estimate, low, high, threshold, len(ids)))
-    return claims
+        found[pid]["parallel_majority"] = float(majority_correct(samples))
+        found[pid]["parallel_any"] = float(any(t.correct for t in samples))
+    return {pid: Outcome(**values) for pid, values in found.items()}

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from rise_llm import collect, data, evaluate, train
+from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, Engine
 from rise_llm.engines.served import ServedModel, ServerConfig
 from rise_llm.errors import RiseError
-from rise_llm.metrics import Metrics, rise_claims
+from rise_llm.metrics import Metrics
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
@@ -123,7 +124,7 @@ class RunConfig:
         self.data_config(1)
         self.collect_config(1)
         self.train_config(1)
-        self.evaluate_config("base")
+        self.evaluate_config(0)
         self.server_config()
 
     @property
@@ -135,11 +136,15 @@ class RunConfig:
         """The run's name for the model of `iteration`: base, iter1, iter2, ..."""
         return "base" if iteration == 0 else f"iter{iteration}"
 
+    def folder(self, iteration: int) -> Path:
+        """OUT/base or OUT/iterK: the stages of `iteration` (and the evaluation of its model)."""
+        return self.root / self.label_of(iteration)
+
     def model_of(self, iteration: int) -> str:
         """The model iteration `iteration` ends with (0 is the base model)."""
         if iteration == 0:
             return self.base_model
-        return str(self.root / f"iter{iteration}" / "train" / train.MODEL_DIR)
+        return str(self.folder(iteration) / "train" / train.MODEL_DIR)
 
     def collect_config(self, k: int) -> collect.CollectConfig:
         settings = {"seed": self.seed + 1000 * k, **self.collect}
@@ -149,7 +154,7 @@ class RunConfig:
                 **settings,
                 "model": self.model_of(k - 1),
                 "chat_template": self.chat_template,
-                "out": str(self.root / f"iter{k}" / "collect"),
+                "out": str(self.folder(k) / "collect"),
                 "task": self.task,
                 "task_options": self.task_options,
                 "device": self.device,
@@ -163,8 +168,8 @@ class RunConfig:
         section = build(DataSection, self.data, "data")
         sources = range(1, k + 1) if section.cumulative else [k]
         return data.BuildDataConfig(
-            episodes=[str(self.root / f"iter{i}" / "collect") for i in sources],
-            out=str(self.root / f"iter{k}" / "data"),
+            episodes=[str(self.folder(i) / "collect") for i in sources],
+            out=str(self.folder(k) / "data"),
             criteria=section.criteria,
             tau=section.tau,
             dedupe=section.dedupe,
@@ -181,15 +186,15 @@ class RunConfig:
                 **self.train,
                 "model": start,
                 "chat_template": self.chat_template,
-                "data": [str(self.root / f"iter{k}" / "data")],
-                "out": str(self.root / f"iter{k}" / "train"),
+                "data": [str(self.folder(k) / "data")],
+                "out": str(self.folder(k) / "train"),
                 "device": "cpu" if self.device == "cpu" else "auto",
             },
             "train",
         )
 
-    def evaluate_config(self, label: str) -> evaluate.EvaluateConfig:
-        iteration = 0 if label == "base" else int(label.removeprefix("iter"))
+    def evaluate_config(self, iteration: int) -> evaluate.EvaluateConfig:
+        """The evaluation of the model `iteration` ends with (0: the base model)."""
         return build(
             evaluate.EvaluateConfig,
             {
@@ -197,7 +202,7 @@ class RunConfig:
                 **self.evaluate,
                 "model": self.model_of(iteration),
                 "chat_template": self.chat_template,
-                "out": str(self.root / label / "eval"),
+                "out": str(self.folder(iteration) / "eval"),
                 "task": self.task,
                 "task_options": self.task_options,
                 "device": self.device,
@@ -218,7 +223,7 @@ class RunConfig:
         return ServedModel(
             server.command,
             self.model_of(iteration),
-            log=self.root / self.label_of(iteration) / "server.log",
+            log=self.folder(iteration) / "server.log",
             startup_timeout=server.startup_timeout,
             engine_options=server.engine_options,
         )
@@ -237,9 +242,9 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def _evaluate(config: RunConfig, label: str, engine: Engine | None = None) -> Metrics:
-    console.rule(f"[bold]{label}: evaluate")
-    return evaluate.run(config.evaluate_config(label), engine).metrics
+def _evaluate(config: RunConfig, iteration: int, engine: Engine | None = None) -> Metrics:
+    console.rule(f"[bold]{config.label_of(iteration)}: evaluate")
+    return evaluate.run(config.evaluate_config(iteration), engine).metrics
 
 
 def run(config: RunConfig) -> RunResult:
@@ -252,9 +257,9 @@ def run(config: RunConfig) -> RunResult:
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
-        label = config.label_of(m)
         with config.served(m) as served:
-            metrics[label] = _evaluate(config, label, served if "evaluate" in stages else None)
+            engine = served if "evaluate" in stages else None
+            metrics[config.label_of(m)] = _evaluate(config, m, engine)
             if m == config.iterations:
                 break
             k = m + 1
@@ -271,7 +276,7 @@ def run(config: RunConfig) -> RunResult:
 def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
     """Give run `target` the finished base evaluation of run `source` (the same model on the
     same problems with the same settings), so recipes compared against one base share it."""
-    theirs, mine = source.evaluate_config("base"), target.evaluate_config("base")
+    theirs, mine = source.evaluate_config(0), target.evaluate_config(0)
     if theirs.model != mine.model:
         raise RiseError(
             f"run: {target.out} starts from {target.base_model}, not {source.base_model}; "
@@ -294,16 +299,19 @@ def write_summary(config: RunConfig, metrics: dict[str, Metrics]) -> dict[str, A
     flat = {label: m.to_dict() for label, m in metrics.items()}
     (root / "summary.json").write_text(json.dumps(flat, indent=2) + "\n")
     print_metrics(flat)
-    turns = metrics["base"].turns
-    base = read_jsonl(root / "base" / "eval" / "episodes.jsonl", Episode)
+    turns = metrics[config.label_of(0)].turns
+
+    def episodes(iteration: int) -> list[Episode]:
+        return read_jsonl(config.folder(iteration) / "eval" / "episodes.jsonl", Episode)
+
+    base = episodes(0)
     comparisons = {}
-    for label in list(metrics)[1:]:
-        trained = read_jsonl(root / label / "eval" / "episodes.jsonl", Episode)
+    for k in range(1, len(metrics)):
+        label, trained = config.label_of(k), episodes(k)
         claims = rise_claims(base, trained, turns, config.seed)
         comparisons[f"{label}_vs_base"] = [
             dataclasses.asdict(c) | {"holds": c.holds} for c in claims
         ]
-    if comparisons:
         stdout.print(claims_table(claims, f"{label} against base (paired bootstrap, 95%)"))
     (root / "comparisons.json").write_text(json.dumps(comparisons, indent=2) + "\n")
     plot_accuracy_by_turn(flat, root / "accuracy_by_turn.png")

@@ -9,19 +9,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from rise_llm.claims import Claim
 from rise_llm.edits import is_edit
-from rise_llm.metrics import FAILURE_MODES, TRANSITIONS, Claim
+from rise_llm.metrics import FAILURE_MODES, TRANSITIONS, MetricNames
 from rise_llm.records import KEEP, CollectedEpisode, CollectedTurn
 
 stdout = Console()
 
 
 def metric_columns(metrics: Mapping[str, Any]) -> list[str]:
-    """Metric keys in reading order: acc@1..K, then m1@tK, p1@tK, then the baselines."""
-    k = metrics["turns"]
-    cols = [f"acc@{t}" for t in range(1, k + 1)] + [f"m1@t{k}", f"p1@t{k}"]
-    cols += sorted(c for c in metrics if c.endswith("@t1") and c[0] in "mp" and c != "m1@t1")
-    return [c for c in cols if c in metrics]
+    """The metric keys of a stored metrics dict, in reading order (`MetricNames.columns`)."""
+    return [c for c in MetricNames.of(metrics).columns() if c in metrics]
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, Any]], title: str = "Evaluation") -> Table:
@@ -131,9 +129,9 @@ def plot_accuracy_by_turn(rows: Mapping[str, Mapping[str, Any]], path: Path) -> 
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, m in rows.items():
-        k = m["turns"]
+        k, names = m["turns"], MetricNames.of(m)
         left.plot(
-            range(1, k + 1), [m[f"acc@{t}"] for t in range(1, k + 1)], marker="o", label=label
+            range(1, k + 1), [m[names.acc(t)] for t in range(1, k + 1)], marker="o", label=label
         )
     left.set_xlabel("turn (no oracle)")
     left.set_ylabel("accuracy")
@@ -141,7 +139,9 @@ def plot_accuracy_by_turn(rows: Mapping[str, Mapping[str, Any]], path: Path) -> 
     left.set_xticks(range(1, k + 1))
     left.grid(alpha=0.3)
     left.legend()
-    cols = [c for c in metric_columns(next(iter(rows.values()))) if not c.startswith("acc@")]
+    first = next(iter(rows.values()))
+    accs = {MetricNames.of(first).acc(t) for t in range(1, first["turns"] + 1)}
+    cols = [c for c in metric_columns(first) if c not in accs]
     width = 0.8 / len(rows)
     for j, (label, m) in enumerate(rows.items()):
         right.bar(

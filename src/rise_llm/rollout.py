@@ -16,9 +16,16 @@ from collections.abc import Sequence
 
 from rise_llm.engines.base import Completion, Engine, SamplingParams
 from rise_llm.records import Episode, Message, Problem, Turn
+from rise_llm.seeds import turn_seed
 from rise_llm.tasks.base import Task
 
 MODES = ("no_oracle", "oracle", "parallel")
+DEFAULT_CONTEXT_WINDOW = 2  # the reference's, for models trained on two-turn data
+
+
+def default_context_window(turns: int) -> int:
+    """W when none is given for K=`turns` evaluation or serving turns: 2, at most K."""
+    return min(DEFAULT_CONTEXT_WINDOW, turns)
 
 
 def context(task: Task, problem: Problem, responses: Sequence[str], window: int) -> list[Message]:
@@ -72,7 +79,7 @@ def sequential_episodes(
             for i in active
         ]
         outs = engine.generate(
-            convs, n=1, params=params.with_seed(params.seed + 7919 * t), desc=f"{mode} turn {t}"
+            convs, n=1, params=params.with_seed(turn_seed(params.seed, t)), desc=f"{mode} turn {t}"
         )
         for i, messages, (completion,) in zip(active, convs, outs, strict=True):
             episodes[i].turns.append(judged_turn(task, problems[i], t, messages, completion))

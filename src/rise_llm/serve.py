@@ -33,11 +33,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rise_llm.engines.base import Completion, Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
 from rise_llm.errors import RiseError, check_at_least
 from rise_llm.metrics import MAJORITY_RULE, majority_answer
 from rise_llm.records import Message, Problem, Turn
-from rise_llm.rollout import sequential_episodes
+from rise_llm.rollout import default_context_window, sequential_episodes
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import PromptFormat, Task
 
@@ -85,7 +85,7 @@ class ServeConfig:
     api_key_env: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 128
+    batch_size: int = BATCH_SIZE
 
     def __post_init__(self) -> None:
         check_at_least("serve", 0, rise_turns=self.rise_turns, fault_hang=self.fault_hang)
@@ -300,7 +300,7 @@ def create_app(engine, config: ServeConfig, task: Task):
                 if turns == 0:
                     completions = engine.generate([messages], n, params, desc="serve")[0]
                     return [_choice(k, c) for k, c in enumerate(completions)]
-                window = config.context_window or min(2, turns)
+                window = config.context_window or default_context_window(turns)
                 if window > turns:
                     raise RiseError(f"context_window {window} exceeds rise_turns {turns}")
                 found = rise_answers(engine, task, messages, n, turns, window, params)

@@ -36,6 +36,7 @@ from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocat
 from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
 from rise_llm.records import Message
+from rise_llm.seeds import batch_seed
 
 # float64 is for exact comparisons (the tests compare two computation paths token for token)
 DTYPES = {
@@ -281,7 +282,7 @@ class HFEngine:
         with progress_bar() as bar:
             task = bar.add_task(desc, total=len(jobs), rate="")
             for b, batch in enumerate(self._batches(lengths, params.max_new_tokens)):
-                torch.manual_seed(params.seed * 1_000_003 + b)
+                torch.manual_seed(batch_seed(params.seed, b))
                 out = self._generate_batch([prompts[jobs[j][0]] for j in batch], config, params)
                 for j, completion in zip(batch, self._decode(out, eos, params.stop), strict=True):
                     c, k = jobs[j]

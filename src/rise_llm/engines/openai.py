@@ -30,6 +30,7 @@ from typing import Any
 
 import openai
 
+from rise_llm import seeds
 from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
@@ -126,9 +127,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def request_seed(seed: int, conversation: int, round_: int) -> int:
-    """The seed of one request: distinct per conversation and per fallback round, so samples
-    asked again after a short answer are new draws, and a retried request draws the same."""
-    return (seed * 1_000_003 + conversation * 7919 + round_ * 104_729) % _SEED_RANGE
+    """`seeds.request_seed` within the range servers accept."""
+    return seeds.request_seed(seed, conversation, round_, _SEED_RANGE)
 
 
 class OpenAIEngine:
