@@ -171,22 +171,17 @@ def main() -> None:
         )
         if args.profile_problems:
             subset = problems[: args.profile_problems]
-            _, wall = collect_once(model, tokenizer, task, subset, b, config, params)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 collect_once(model, tokenizer, task, subset, b, config, params)
             events = prof.key_averages()
             total = sum(e.self_cpu_time_total for e in events)
-            # against the same collection's wall time unprofiled (the profiler slows the
-            # Python side): the rest is the interpreter (modules, generate's loop, episodes)
-            results[b]["ops_share_of_wall"] = round(total / 1e6 / wall, 3)
             top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
             results[b]["ops_self_share"] = {
                 e.key: round(e.self_cpu_time_total / total, 4) for e in top
             }
             results[b]["ops_calls"] = {e.key: e.count for e in top}
             harness.print_table(
-                f"batch {b}: ops by self CPU time ({args.profile_problems} problems; torch ops "
-                f"{100 * total / 1e6 / wall:.0f}% of the wall time, the rest Python)",
+                f"batch {b}: ops by self CPU time ({args.profile_problems} problems)",
                 ["op", "share", "calls"],
                 [[e.key, f"{100 * e.self_cpu_time_total / total:.1f}%", e.count] for e in top],
             )
