@@ -29,11 +29,8 @@ from transformers import AttentionInterface, LogitsProcessorList, StoppingCriter
 from transformers.generation.utils import GenerationMixin
 
 from rise_llm import collect
-from rise_llm.collect import CollectConfig
 from rise_llm.engines import kv_cache
-from rise_llm.engines.base import SamplingParams
-from rise_llm.engines.hf import HFEngine, load_model_and_tokenizer
-from rise_llm.tasks import get_task
+from rise_llm.engines.hf import HFEngine
 
 
 class StageClock:
@@ -104,13 +101,14 @@ def patch_stages(clock: StageClock, model) -> list[Callable[[], None]]:
     return undo
 
 
-def collect_once(model, tokenizer, task, problems, batch_size: int, config, params) -> float:
+def collect_once(
+    model, tokenizer, task, problems, batch_size: int, config, params
+) -> tuple[int, float]:
     engine = HFEngine(model, tokenizer, batch_size=batch_size)
     start = time.perf_counter()
     episodes = collect.collect_chunk(engine, engine, task, problems, config, params)
     seconds = time.perf_counter() - start
-    tokens = sum(a.num_tokens for ep in episodes for t in ep.turns for a in t.attempts)
-    return tokens, seconds
+    return harness.generated(episodes)[0], seconds
 
 
 def main() -> None:
@@ -123,19 +121,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     harness.setup(args)
-    model_dir = harness.ensure_toy_model(args.model)
-    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
-    task = get_task("arith")
-    problems = task.problems("train", args.problems)
-    config = CollectConfig(
-        model=model_dir, out="-", turns=2, samples=args.samples, limit=args.problems
-    )
-    params = SamplingParams(
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=args.max_new_tokens or task.default_max_new_tokens,
-        seed=args.seed,
-    )
+    collection = harness.toy_collection(args, turns=2)
+    model_dir, model, tokenizer, task, problems, config, params = collection
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     collect_once(model, tokenizer, task, problems[:64], sizes[0], config, params)  # warm-up
 

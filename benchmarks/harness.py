@@ -16,7 +16,7 @@ import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from rich.console import Console
@@ -88,6 +88,49 @@ def ensure_toy_model(path: str) -> str:
     stdout.print(f"[yellow]no model in {path}: building the default toy model there")
     toy_model.build(toy_model.ToyModelConfig(out=path))
     return path
+
+
+class Collection(NamedTuple):
+    """What the rollout benchmarks sample with: the toy model, `arith` training problems, and
+    `rise collect`'s settings at temperature 1.0 (max_new_tokens: the task's unless given)."""
+
+    model_dir: str
+    model: Any
+    tokenizer: Any
+    task: Any
+    problems: list
+    config: Any  # collect.CollectConfig
+    params: Any  # engines.base.SamplingParams
+
+
+def toy_collection(args: argparse.Namespace, turns: int) -> Collection:
+    """The `Collection` of a benchmark's --model, --problems, --samples, --max-new-tokens and
+    --seed (the model built when missing)."""
+    from rise_llm.collect import CollectConfig
+    from rise_llm.engines.base import SamplingParams
+    from rise_llm.engines.hf import load_model_and_tokenizer
+    from rise_llm.tasks import get_task
+
+    model_dir = ensure_toy_model(args.model)
+    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
+    task = get_task("arith")
+    config = CollectConfig(
+        model=model_dir, out="-", turns=turns, samples=args.samples, limit=args.problems
+    )
+    params = SamplingParams(
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=args.max_new_tokens or task.default_max_new_tokens,
+        seed=args.seed,
+    )
+    problems = task.problems("train", args.problems)
+    return Collection(model_dir, model, tokenizer, task, problems, config, params)
+
+
+def generated(episodes) -> tuple[int, int]:
+    """Tokens generated and samples drawn over collected episodes."""
+    attempts = [a for ep in episodes for turn in ep.turns for a in turn.attempts]
+    return sum(a.num_tokens for a in attempts), len(attempts)
 
 
 def parameters(model) -> int:

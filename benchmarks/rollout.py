@@ -25,11 +25,10 @@ import torch
 from transformers import GenerationConfig
 
 from rise_llm.chat import prompt_ids
-from rise_llm.collect import CollectConfig, collect_chunk
+from rise_llm.collect import collect_chunk
 from rise_llm.engines.base import Completion, SamplingParams
-from rise_llm.engines.hf import HFEngine, load_model_and_tokenizer
-from rise_llm.records import CollectedEpisode, Message
-from rise_llm.tasks import get_task
+from rise_llm.engines.hf import HFEngine
+from rise_llm.records import Message
 
 
 class OneAtATimeEngine:
@@ -82,7 +81,7 @@ def measure(engine, task, problems, config, params) -> dict[str, float]:
     start = time.perf_counter()
     episodes = collect_chunk(engine, engine, task, problems, config, params)
     seconds = time.perf_counter() - start
-    tokens, samples = counts(episodes)
+    tokens, samples = harness.generated(episodes)
     return {
         "problems": len(problems),
         "samples": samples,
@@ -91,11 +90,6 @@ def measure(engine, task, problems, config, params) -> dict[str, float]:
         "tokens_per_s": round(tokens / seconds, 1),
         "episodes_per_s": round(len(problems) / seconds, 3),
     }
-
-
-def counts(episodes: list[CollectedEpisode]) -> tuple[int, int]:
-    attempts = [a for ep in episodes for turn in ep.turns for a in turn.attempts]
-    return sum(a.num_tokens for a in attempts), len(attempts)
 
 
 def main() -> None:
@@ -115,19 +109,8 @@ def main() -> None:
     )
     args = p.parse_args()
     harness.setup(args)
-    model_dir = harness.ensure_toy_model(args.model)
-    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
-    task = get_task("arith")
-    problems = task.problems("train", args.problems)
-    config = CollectConfig(
-        model=model_dir, out="-", turns=args.turns, samples=args.samples, limit=args.problems
-    )
-    params = SamplingParams(
-        temperature=1.0,
-        top_p=1.0,
-        max_new_tokens=args.max_new_tokens or task.default_max_new_tokens,
-        seed=args.seed,
-    )
+    collection = harness.toy_collection(args, args.turns)
+    model_dir, model, tokenizer, task, problems, config, params = collection
     # warm-up: first calls pay one-off costs (lazy initialisation, allocator growth)
     HFEngine(model, tokenizer, batch_size=8).generate(
         [task.prompt.first_messages(p) for p in problems[:8]], 1, params
