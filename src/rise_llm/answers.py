@@ -8,6 +8,7 @@ GSM8K) compare canonical numbers; MATH answers go through `math_equivalence`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, DecimalException
 
 from rise_llm.records import Verdict
@@ -111,14 +112,23 @@ def read_number(text: str) -> Decimal | None:
     return parse_number(cleaned)
 
 
-def number_verdict(response: str, truth: str) -> Verdict:
-    """Reward of a response whose answer is a number (METHOD.md rewards).
+def number_verdict(
+    truth: str, response: str, read: Callable[[str], Decimal | None] = read_number
+) -> Verdict:
+    """Reward of a response whose answer is a number (METHOD.md rewards): the one numeric grader.
 
     `truth` is a canonical number (`canonical_number`). The answer is the last `\\boxed{}`
-    read by `read_number`: equal -> 1, another number -> 0, no box or no number in it -> -1.
+    read by `read` (`read_number` by default; `parse_number` for a task that takes the bare
+    number only): equal -> 1, another number -> 0, no box or no number in it -> -1. The
+    argument order is `math_equivalence.math_verdict`'s.
+
+    >>> number_verdict("12", "so \\\\boxed{12 \\\\text{ apples}}")
+    Verdict(answer='12', reward=1)
+    >>> number_verdict("12", "so \\\\boxed{12 \\\\text{ apples}}", read=parse_number).reward
+    -1
     """
     boxed = last_boxed(response)
-    value = read_number(boxed) if boxed is not None else None
+    value = read(boxed) if boxed is not None else None
     if value is None:
         return Verdict(answer=None, reward=-1)
     answer = canonical_number(value)

@@ -56,7 +56,7 @@ def verify_number(problem: Problem, response: str) -> Verdict:
             f"problem {problem.id}: answer {problem.answer!r} is not a number; "
             "the `number` verifier needs numeric answers (use verifier=math for others)"
         )
-    return number_verdict(response, canonical_number(truth))
+    return number_verdict(canonical_number(truth), response)
 
 
 BUILTIN: dict[str, Verifier] = {"math": verify_math, "number": verify_number}

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rise_llm.answers import canonical_number, last_boxed, parse_number
+from rise_llm.answers import number_verdict, parse_number
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
@@ -249,9 +249,4 @@ class ArithTask:
         return verdict
 
     def verify(self, problem: Problem, response: str) -> Verdict:
-        boxed = last_boxed(response)
-        value = parse_number(boxed) if boxed is not None else None
-        if value is None:
-            return Verdict(answer=None, reward=-1)
-        answer = canonical_number(value)
-        return Verdict(answer=answer, reward=1 if answer == problem.answer else 0)
+        return number_verdict(problem.answer, response, read=parse_number)

@@ -87,4 +87,4 @@ class GSM8KTask(LoadedTask):
         return unique(to_problem(r) for r in load_records(self.data, split, config))
 
     def verify(self, problem: Problem, response: str) -> Verdict:
-        return number_verdict(response, problem.answer)
+        return number_verdict(problem.answer, response)
