@@ -71,16 +71,16 @@ def test_context_window_keeps_first_prompt_and_last_pairs():
     turns = eps[0].turns
     responses = [t.response for t in turns]
     first = task.prompt.first_messages(PROBLEMS[0])
-    assert context(task, PROBLEMS[0], responses, window=1) == first
-    two = context(task, PROBLEMS[0], responses, window=2)
+    assert context(task.prompt, PROBLEMS[0], responses, window=1) == first
+    two = context(task.prompt, PROBLEMS[0], responses, window=2)
     assert two[0] == first[0]
     assert [m["role"] for m in two] == ["user", "assistant", "user"]
     assert two[1]["content"] == turns[-1].response
     assert two[2]["content"].endswith(PROBLEMS[0].question)  # the retry restates the question
-    three = context(task, PROBLEMS[0], responses, window=3)
+    three = context(task.prompt, PROBLEMS[0], responses, window=3)
     assert [m["content"] for m in three[1::2]] == [turns[1].response, turns[2].response]
     # a window longer than the history shows all of it (turn 3 of a window of 4)
-    four = context(task, PROBLEMS[0], responses[:2], window=4)
+    four = context(task.prompt, PROBLEMS[0], responses[:2], window=4)
     assert [m["content"] for m in four[1::2]] == [turns[0].response, turns[1].response]
 
 

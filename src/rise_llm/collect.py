@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rise_llm import edits
-from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import RiseError, check_at_least, check_context_window
 from rise_llm.progress import console
@@ -43,13 +43,13 @@ from rise_llm.records import (
     Attempt,
     CollectedEpisode,
     CollectedTurn,
+    Message,
     Problem,
     read_jsonl_for_resume,
     write_jsonl,
 )
 from rise_llm.report import collection_table, stdout
-from rise_llm.rollout import context
-from rise_llm.seeds import turn_seed
+from rise_llm.rollout import context, play_turns
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import Task
 from rise_llm.verifiers import stage_verifier
@@ -199,7 +199,7 @@ def choose(attempts: list[Attempt], previous: str | None = None, selection: str 
 def keep_turn(task: Task, problem: Problem, first: CollectedTurn, window: int) -> CollectedTurn:
     """The state after a correct first attempt with the retry message, targeting that attempt."""
     attempt = first.chosen_attempt
-    messages = context(task, problem, [attempt.response], window)
+    messages = context(task.prompt, problem, [attempt.response], window)
     return CollectedTurn(index=2, messages=messages, attempts=[attempt], chosen=0, source=KEEP)
 
 
@@ -213,58 +213,55 @@ def collect_chunk(
 ) -> list[CollectedEpisode]:
     """Roll out one chunk of problems; turn t of all its running episodes is one batch."""
     episodes = [CollectedEpisode(problem_id=p.id, turns=[]) for p in problems]
-    running = list(range(len(problems)))
     source = "teacher" if config.teacher else "self"
     judge = stage_verifier(task, config.verifier)
-    for t in range(1, config.turns + 1):
-        if not running:
-            break
-        convs = [
-            context(
-                task,
-                problems[i],
-                [turn.chosen_attempt.response for turn in episodes[i].turns],
-                config.context_window,
+
+    def sampler(t: int) -> tuple[Engine, int]:
+        return (learner, 1) if t == 1 else (improver, config.samples)
+
+    def step(i: int, t: int, messages: list[Message], completions: list[Completion]) -> str | None:
+        attempts = []
+        for c in completions:
+            verdict = judge(problems[i], c.text)
+            plain = task.verify(problems[i], c.text).reward if config.verifier else None
+            attempts.append(
+                Attempt(
+                    response=c.text,
+                    answer=verdict.answer,
+                    reward=verdict.reward,
+                    num_tokens=c.num_tokens,
+                    degenerate=is_degenerate(c.text, config.max_word_repeats),
+                    plain_reward=plain,
+                )
             )
-            for i in running
-        ]
-        engine, n = (learner, 1) if t == 1 else (improver, config.samples)
-        outs = engine.generate(
-            convs, n=n, params=params.with_seed(turn_seed(params.seed, t)), desc=f"collect turn {t}"
+        turns = episodes[i].turns
+        previous = turns[-1].chosen_attempt.response if turns else None
+        chosen = choose(attempts, previous, config.selection)
+        turns.append(
+            CollectedTurn(
+                index=t,
+                messages=messages,
+                attempts=attempts,
+                chosen=chosen,
+                source="policy" if t == 1 else source,
+            )
         )
-        still_running = []
-        for i, messages, completions in zip(running, convs, outs, strict=True):
-            attempts = []
-            for c in completions:
-                verdict = judge(problems[i], c.text)
-                plain = task.verify(problems[i], c.text).reward if config.verifier else None
-                attempts.append(
-                    Attempt(
-                        response=c.text,
-                        answer=verdict.answer,
-                        reward=verdict.reward,
-                        num_tokens=c.num_tokens,
-                        degenerate=is_degenerate(c.text, config.max_word_repeats),
-                        plain_reward=plain,
-                    )
-                )
-            turns = episodes[i].turns
-            previous = turns[-1].chosen_attempt.response if turns else None
-            chosen = choose(attempts, previous, config.selection)
-            episodes[i].turns.append(
-                CollectedTurn(
-                    index=t,
-                    messages=messages,
-                    attempts=attempts,
-                    chosen=chosen,
-                    source="policy" if t == 1 else source,
-                )
-            )
-            if chosen >= 0 and attempts[chosen].reward != 1:
-                still_running.append(i)
-            elif chosen >= 0 and t == 1 and config.keep_states:
-                turns.append(keep_turn(task, problems[i], turns[0], config.context_window))
-        running = still_running
+        if chosen >= 0 and attempts[chosen].reward != 1:
+            return attempts[chosen].response
+        if chosen >= 0 and t == 1 and config.keep_states:
+            turns.append(keep_turn(task, problems[i], turns[0], config.context_window))
+        return None
+
+    play_turns(
+        task.prompt,
+        problems,
+        config.turns,
+        config.context_window,
+        params,
+        sampler,
+        step,
+        "collect",
+    )
     return episodes
 
 

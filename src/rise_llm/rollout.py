@@ -12,7 +12,8 @@ modes off the no-oracle episodes, with the same distribution as sampling them on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from rise_llm.engines.base import Completion, Engine, SamplingParams
 from rise_llm.records import Episode, Message, Problem, Turn
@@ -28,18 +29,72 @@ def default_context_window(turns: int) -> int:
     return min(DEFAULT_CONTEXT_WINDOW, turns)
 
 
-def context(task: Task, problem: Problem, responses: Sequence[str], window: int) -> list[Message]:
+class Prompt(Protocol):
+    """What opens an episode and follows each attempt: a task's `PromptFormat`, or a served
+    request's messages with the task's retry message (`serve.py`)."""
+
+    def first_messages(self, problem: Problem) -> list[Message]: ...
+
+    def retry_message(self, problem: Problem) -> Message: ...
+
+
+def context(
+    prompt: Prompt, problem: Problem, responses: Sequence[str], window: int
+) -> list[Message]:
     """The messages the model sees before its next attempt, given its earlier `responses`.
 
     The first prompt plus only the most recent `window - 1` attempt/feedback pairs (METHOD.md:
     a model never sees a longer history than it was trained on). window=1 shows no history.
     """
-    messages = task.prompt.first_messages(problem)
+    messages = prompt.first_messages(problem)
     kept = responses[max(0, len(responses) - (window - 1)) :] if window > 1 else []
     for response in kept:
         messages.append({"role": "assistant", "content": response})
-        messages.append(task.prompt.retry_message(problem))
+        messages.append(prompt.retry_message(problem))
     return messages
+
+
+# (engine, samples) that answer turn t
+Sampler = Callable[[int], tuple[Engine, int]]
+# records turn t of episode i (its messages and completions) and returns the response the
+# episode goes on from, or None when it stops there
+Step = Callable[[int, int, list[Message], list[Completion]], str | None]
+
+
+def play_turns(
+    prompt: Prompt,
+    problems: Sequence[Problem],
+    turns: int,
+    window: int,
+    params: SamplingParams,
+    sampler: Sampler,
+    step: Step,
+    desc: str,
+) -> None:
+    """The one episode loop: collection, evaluation and `rise serve --rise-turns` all play it.
+
+    Turn t of every running episode is one batched call of `sampler(t)`'s engine for its number
+    of samples, seeded `turn_seed(params.seed, t)`; the context shows the responses `step`
+    returned for earlier turns, within `window`. Which completion an episode goes on from (one
+    sample, best-of-N, a teacher's) and when it stops (oracle, a solved state) is `step`'s.
+    """
+    shown: list[list[str]] = [[] for _ in problems]
+    running = list(range(len(problems)))
+    for t in range(1, turns + 1):
+        if not running:
+            break
+        convs = [context(prompt, problems[i], shown[i], window) for i in running]
+        engine, n = sampler(t)
+        outs = engine.generate(
+            convs, n=n, params=params.with_seed(turn_seed(params.seed, t)), desc=f"{desc} turn {t}"
+        )
+        still_running = []
+        for i, messages, completions in zip(running, convs, outs, strict=True):
+            response = step(i, t, messages, completions)
+            if response is not None:
+                shown[i].append(response)
+                still_running.append(i)
+        running = still_running
 
 
 def judged_turn(
@@ -70,19 +125,14 @@ def sequential_episodes(
     """Run up to `turns` sequential attempts per problem; turn t of all episodes is one batch."""
     mode = "oracle" if oracle else "no_oracle"
     episodes = [Episode(problem_id=p.id, mode=mode, turns=[]) for p in problems]
-    for t in range(1, turns + 1):
-        active = [i for i, ep in enumerate(episodes) if not (oracle and ep.solved)]
-        if not active:
-            break
-        convs = [
-            context(task, problems[i], [t.response for t in episodes[i].turns], window)
-            for i in active
-        ]
-        outs = engine.generate(
-            convs, n=1, params=params.with_seed(turn_seed(params.seed, t)), desc=f"{mode} turn {t}"
-        )
-        for i, messages, (completion,) in zip(active, convs, outs, strict=True):
-            episodes[i].turns.append(judged_turn(task, problems[i], t, messages, completion))
+
+    def step(i: int, t: int, messages: list[Message], completions: list[Completion]) -> str | None:
+        (completion,) = completions
+        turn = judged_turn(task, problems[i], t, messages, completion)
+        episodes[i].turns.append(turn)
+        return None if oracle and turn.correct else turn.response
+
+    play_turns(task.prompt, problems, turns, window, params, lambda t: (engine, 1), step, mode)
     return episodes
 
 

@@ -37,7 +37,7 @@ from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
 from rise_llm.errors import RiseError, check_at_least
 from rise_llm.metrics import MAJORITY_RULE, majority_answer
 from rise_llm.records import Message, Problem, Turn
-from rise_llm.rollout import default_context_window, sequential_episodes
+from rise_llm.rollout import default_context_window, judged_turn, play_turns
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import PromptFormat, Task
 
@@ -150,22 +150,6 @@ class _RequestPrompt:
 
 
 @dataclass
-class _RequestTask:
-    """The served task as one request sees it (what `rollout.sequential_episodes` needs)."""
-
-    task: Task
-    prompt: _RequestPrompt
-
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    def verify(self, problem: Problem, response: str):
-        # no ground truth: only the extracted answer is used, the reward is meaningless
-        return self.task.verify(problem, response)
-
-
-@dataclass
 class RiseAnswer:
     """One RISE episode of a request: the chosen attempt and all of them."""
 
@@ -205,15 +189,24 @@ def rise_answers(
     recent one giving it (the last attempt when none gave an answer)."""
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     question = question_of(task.prompt, last_user)
-    view = _RequestTask(task, _RequestPrompt(list(messages), task.prompt))
+    prompt = _RequestPrompt(list(messages), task.prompt)
+    # a request has no ground truth: `answer` is empty and the task's verdict is read only
+    # for the answer it extracts (its reward means nothing and is not returned)
     problems = [Problem(id=str(k), question=question, answer="") for k in range(n)]
-    episodes = sequential_episodes(engine, view, problems, turns, window, params, oracle=False)
+    episodes: list[list[Turn]] = [[] for _ in problems]
+
+    def step(i: int, t: int, shown: list[Message], completions: list[Completion]) -> str:
+        (completion,) = completions
+        episodes[i].append(judged_turn(task, problems[i], t, shown, completion))
+        return completion.text
+
+    play_turns(prompt, problems, turns, window, params, lambda t: (engine, 1), step, "rise")
     answers = []
     for episode in episodes:
-        winner = majority_answer(episode.turns)
-        giving = [t for t in episode.turns if winner is not None and t.answer == winner]
-        chosen = giving[-1] if giving else episode.turns[-1]
-        answers.append(RiseAnswer(chosen=chosen, answer=winner, turns=episode.turns))
+        winner = majority_answer(episode)
+        giving = [t for t in episode if winner is not None and t.answer == winner]
+        chosen = giving[-1] if giving else episode[-1]
+        answers.append(RiseAnswer(chosen=chosen, answer=winner, turns=episode))
     return answers
 
 
