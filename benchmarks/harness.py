@@ -108,7 +108,7 @@ def toy_collection(args: argparse.Namespace, turns: int) -> Collection:
     --seed (the model built when missing)."""
     from rise_llm.collect import CollectConfig
     from rise_llm.engines.base import SamplingParams
-    from rise_llm.engines.hf import load_model_and_tokenizer
+    from rise_llm.models import load_model_and_tokenizer
     from rise_llm.tasks import get_task
 
     model_dir = ensure_toy_model(args.model)

@@ -31,7 +31,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from rise_llm import collect, data, train
-from rise_llm.engines.hf import load_causal_lm, load_tokenizer
+from rise_llm.models import load_causal_lm, load_tokenizer
 from rise_llm.precision import cpu_autocast, cpu_has_native_bf16
 from rise_llm.train import (
     ExampleDataset,

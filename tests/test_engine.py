@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rise_llm.engines.base import SamplingParams
-from rise_llm.engines.hf import HFEngine, model_source
+from rise_llm.engines.hf import HFEngine
 from rise_llm.engines.kv_cache import PreallocatedLayer, preallocated_cache
 from rise_llm.errors import RiseError
+from rise_llm.models import model_source
 
 CONVS = [
     [{"role": "user", "content": "What is 1 + 2?"}],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rise_llm.errors import RiseError
 from rise_llm.records import Message
@@ -103,3 +104,22 @@ def encode_conversation(
         if end > start and any(lo <= start and end <= hi for lo, hi in spans):
             labels[k] = token_id
     return EncodedConversation(input_ids=list(enc["input_ids"]), labels=labels)
+
+
+def right_pad(conversations: Sequence[EncodedConversation], pad_token_id: int) -> dict[str, Any]:
+    """A training batch of encoded conversations, right-padded to the longest: `input_ids`,
+    `attention_mask` and `labels` (IGNORE_INDEX on the padding) as tensors."""
+    import torch
+
+    width = max(len(c.input_ids) for c in conversations)
+    ids, labels, mask = [], [], []
+    for c in conversations:
+        gap = width - len(c.input_ids)
+        ids.append(c.input_ids + [pad_token_id] * gap)
+        labels.append(c.labels + [IGNORE_INDEX] * gap)
+        mask.append([1] * len(c.input_ids) + [0] * gap)
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "labels": torch.tensor(labels),
+    }

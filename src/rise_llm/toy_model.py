@@ -39,7 +39,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from rise_llm.chat import encode_conversation
+from rise_llm.chat import encode_conversation, right_pad
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
@@ -48,7 +48,6 @@ from rise_llm.progress import console, progress_bar
 from rise_llm.provenance import check_settings, versions
 from rise_llm.records import Message, Problem
 from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution, steps_of
-from rise_llm.train import PadCollator
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHARACTERS = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -225,11 +224,7 @@ def make_batch(
             task, pool, k, config.wrong_fraction, rng, config.retraction_fraction
         )
         encoded.append(encode_conversation(tokenizer, messages, trained))
-    batch = PadCollator(tokenizer.pad_token_id)(
-        [{"input_ids": e.input_ids, "labels": e.labels, "weight": 1.0} for e in encoded]
-    )
-    del batch["weights"]  # plain SFT: the model's own token-mean loss
-    return batch
+    return right_pad(encoded, tokenizer.pad_token_id)  # plain SFT: the model's token-mean loss
 
 
 def single_turn_accuracy(model_dir: Path, task: ArithTask, n: int, seed: int) -> float:

@@ -26,10 +26,10 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 from transformers.training_args import OptimizerNames
 
-from rise_llm.chat import IGNORE_INDEX, encode_conversation
+from rise_llm.chat import IGNORE_INDEX, EncodedConversation, encode_conversation, right_pad
 from rise_llm.data import DATA
-from rise_llm.engines.hf import load_causal_lm, load_tokenizer
 from rise_llm.errors import RiseError
+from rise_llm.models import load_causal_lm, load_tokenizer
 from rise_llm.precision import Bf16, use_bf16
 from rise_llm.progress import console
 from rise_llm.provenance import check_settings, versions
@@ -201,25 +201,16 @@ class ExampleDataset(Dataset):
 
 
 class PadCollator:
-    """Right-pads a batch; labels are padded with IGNORE_INDEX, weights stacked."""
+    """Right-pads a batch (`chat.right_pad`) and stacks the examples' weights."""
 
     def __init__(self, pad_token_id: int):
         self.pad = pad_token_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(it["input_ids"]) for it in items)
-        ids, labels, mask = [], [], []
-        for it in items:
-            gap = width - len(it["input_ids"])
-            ids.append(it["input_ids"] + [self.pad] * gap)
-            labels.append(it["labels"] + [IGNORE_INDEX] * gap)
-            mask.append([1] * len(it["input_ids"]) + [0] * gap)
-        return {
-            "input_ids": torch.tensor(ids),
-            "attention_mask": torch.tensor(mask),
-            "labels": torch.tensor(labels),
-            "weights": torch.tensor([it["weight"] for it in items], dtype=torch.float32),
-        }
+        encoded = [EncodedConversation(it["input_ids"], it["labels"]) for it in items]
+        batch = right_pad(encoded, self.pad)
+        batch["weights"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
+        return batch
 
 
 class RWRTrainer(Trainer):

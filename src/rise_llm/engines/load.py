@@ -2,7 +2,7 @@
 
 `openai:MODEL[@BASE_URL]` samples from an OpenAI-compatible server (`engines/openai.py`);
 anything else is a model folder, file or Hub id loaded in-process with transformers
-(`engines/hf.py`).
+(`engines/hf.py`, loading through `models.py`).
 """
 
 from __future__ import annotations
