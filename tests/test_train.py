@@ -174,6 +174,10 @@ def test_defaults_are_the_reference_hyper_parameters():
         ({"optim": "adam"}, "unknown optim 'adam'; choose one of the Trainer's: adamw_torch"),
         ({"max_grad_norm": -1.0}, "max_grad_norm must be 0 \\(no clipping\\) or more"),
         ({"warmup_steps": -2}, "warmup_steps must be 0 or more"),
+        ({"trainer_args": {"adam_beta": 0.9}}, "trainer_args.adam_beta is not a field of"),
+        ({"trainer_args": {"learning_rate": 1e-4}}, "trainer_args.learning_rate is .*use train.lr"),
+        ({"trainer_args": {"optim": "sgd"}}, "trainer_args.optim is set .*; use train.optim$"),
+        ({"trainer_args": {"save_total_limit": 3}}, "rise train needs its own value there"),
     ],
 )
 def test_bad_settings_say_how_to_fix_them(settings, message):
@@ -219,6 +223,24 @@ def test_settings_reach_the_trainer_arguments(tmp_path):
         TrainConfig(**REFERENCE, fsdp_config={"reshard_after_forward": False}), bf16=False
     )
     assert fsdp.fsdp and fsdp.fsdp_config["reshard_after_forward"] is False
+
+
+def test_any_other_trainer_option_passes_through(tmp_path):
+    """trainer_args reach TrainingArguments as given, from YAML and from `--trainer-arg`."""
+    from rise_llm.cli import build_parser, config_from_flags
+
+    given = {"adam_beta2": 0.95, "lr_scheduler_kwargs": {"min_lr": 1e-6}, "eval_delay": 2.0}
+    args = training_arguments(TrainConfig(**REFERENCE, trainer_args=given), bf16=False)
+    assert (args.adam_beta2, args.lr_scheduler_kwargs, args.eval_delay) == (
+        0.95,
+        {"min_lr": 1e-6},
+        2.0,
+    )
+    assert args.learning_rate == 1e-5  # the config's own fields stay
+    flags = build_parser().parse_args(
+        ["train", "--model", "m", "--data", "d", "--out", "o", "--trainer-arg", "adam_beta2=0.9"]
+    )
+    assert config_from_flags(TrainConfig, flags, "train").trainer_args == {"adam_beta2": 0.9}
 
 
 def test_deepspeed_and_fsdp_files_must_exist(tmp_path, monkeypatch):

@@ -38,14 +38,14 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _field_help(cls: type) -> dict[str, str]:
-    """Each field's entry in the "Args:" section of the class docstring, continuation lines
-    included, escaped for argparse (which reads `%` as a format directive)."""
+    """Each field's own entry in the "Args:" section of the class docstring (Google style,
+    one field per entry), continuation lines included, escaped for argparse (which reads `%`
+    as a format directive)."""
     helps: dict[str, str] = {}
     doc = cls.__doc__ or ""
-    for match in re.finditer(r"^ {8}([\w /]+):\s+(.+(?:\n {12}.+)*)$", doc, flags=re.M):
+    for match in re.finditer(r"^ {8}(\w+):\s+(.+(?:\n {12}.+)*)$", doc, flags=re.M):
         text = " ".join(line.strip() for line in match.group(2).splitlines()).replace("%", "%%")
-        for name in match.group(1).split(" / "):
-            helps[name.strip()] = text
+        helps[match.group(1)] = text
     return helps
 
 

@@ -73,13 +73,19 @@ class CollectConfig:
         teacher: a stronger model for the improved responses (distillation); None means
             best-of-N from the learner itself (self-distillation). It keeps its own template.
             `openai:gpt-3.5-turbo` is the paper's teacher (API key in $OPENAI_API_KEY).
-        task / task_options / split / limit: the training problems (first `limit` of the split).
+        task: the task whose training problems are collected (arith, gsm8k, math, jsonl, ...).
+        task_options: the task's options, e.g. {"max_steps": 5} for arith.
+        split: the split the problems come from.
+        limit: collect the first `limit` problems of the split (all when None).
         shard: I/N collects only part I of N of those problems (positions I, I+N, I+2N, ...,
             counted from 0), for N processes or hosts; join the N out folders with `rise merge`.
         turns: T, the most turns per episode (reference: 2).
         samples: N, samples per improved state, the best kept (reference: 16).
         context_window: W for the prompts during collection (default: T, the whole episode).
-        temperature / top_p / max_new_tokens / seed: sampling (reference temperature: 1.0).
+        temperature: sampling temperature (reference: 1.0).
+        top_p: nucleus sampling threshold (1.0: off).
+        max_new_tokens: most tokens per response (None: the task's default).
+        seed: sampling seed; the same seed and config give the same episodes.
         max_word_repeats: a response where one word appears more often is degenerate and is
             never chosen (reference: 150).
         verifier: judges the samples instead of the task's verifier (rewards, choice, and so
@@ -95,7 +101,9 @@ class CollectConfig:
             right answer when told it is wrong. `rise build-data --keep-ratio` caps how many
             are trained per repair.
         chunk_size: problems per resumable chunk.
-        device / dtype / batch_size: as for `rise evaluate`.
+        device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32) or a dtype name.
+        batch_size: most sequences the engine generates together.
         engine_options: options of the openai engine, for openai: models (max_concurrency,
             timeout, max_retries, api_key_env).
         out: output folder (episodes.jsonl, config.json).

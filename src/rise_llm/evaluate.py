@@ -48,14 +48,19 @@ class EvaluateConfig:
         model: a local model folder, a .gguf file or a Hugging Face Hub id, or
             openai:MODEL[@URL] for a model behind an OpenAI-compatible server.
         chat_template: a Jinja file or text replacing the model's chat template.
-        task / task_options: the task and its options (e.g. {"max_steps": 5} for arith).
-        split / limit: which problems; the first `limit` of the split (all when None).
+        task: the task to evaluate on (arith, gsm8k, math, jsonl, ...).
+        task_options: the task's options, e.g. {"max_steps": 5} for arith.
+        split: the split the problems come from.
+        limit: evaluate the first `limit` problems of the split (all when None).
         turns: K, the number of turns (and of parallel samples for the baselines).
         context_window: W, the first prompt plus the last W-1 attempt/feedback pairs are shown;
             default min(2, K), the reference value for models trained on two-turn data.
         seed: sampling seed; the same seed and config give the same episodes.
-        temperature / top_p / max_new_tokens: sampling (max_new_tokens: the task's default).
-        device / dtype: "auto" picks CUDA+bfloat16 when available, else CPU+float32.
+        temperature: sampling temperature (reference: 1.0).
+        top_p: nucleus sampling threshold (1.0: off).
+        max_new_tokens: most tokens per response (None: the task's default).
+        device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32) or a dtype name.
         batch_size: most sequences the engine generates together.
         reuse_samples: read the oracle episodes and one of the K parallel samples off the
             no-oracle episodes instead of sampling them again (the same distribution while the

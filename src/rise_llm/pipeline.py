@@ -77,14 +77,21 @@ class RunConfig:
         chat_template: a Jinja file or text replacing the base model's chat template, for
             every stage (trained models save it, so sampling and training always agree).
         out: the run folder.
-        task / task_options: the task for collection and evaluation.
+        task: the task for collection and evaluation.
+        task_options: the task's options, e.g. {"seed": 2} for arith's held-out draw.
         iterations: how many RISE iterations (the paper runs 1-2).
         start_from: "previous" trains iteration k from the model of k-1; "base" trains every
             iteration from the base model (with `data.cumulative`, on all data so far).
         seed: base seed; each stage and iteration derives its own from it.
-        device / dtype / batch_size: engines and training.
-        collect / data / train / evaluate: the stage settings (see `rise collect --help` and
-            the config dataclasses); the run fills in models, folders and the task.
+        device: "auto", "cpu" or "cuda", for the engines and training.
+        dtype: the engines' dtype ("auto": bfloat16 on a GPU that has it, else float32).
+        batch_size: most sequences the engines generate together.
+        collect: `rise collect` settings (`collect.CollectConfig`); the run fills in the
+            models, folders and task.
+        data: `rise build-data` settings (`data.DataConfig`).
+        train: `rise train` settings (`train.TrainConfig`).
+        evaluate: `rise evaluate` settings (`evaluate.EvaluateConfig`), the same for every
+            model of the run.
         server: serve each checkpoint with a server command and sample through it
             (`engines.served.ServerConfig`: command, stages, startup_timeout,
             engine_options); none samples in-process.

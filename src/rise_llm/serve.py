@@ -55,7 +55,9 @@ class ServeConfig:
         host: the address to listen on; loopback by default, so only this machine can reach it.
         port: the TCP port.
         served_model_name: the model id clients send and /v1/models lists (default: model).
-        task / task_options: in RISE mode, the retry message and the answer extraction.
+        task: in RISE mode, the task whose retry message follows each turn and whose
+            verifier reads the answers for the majority.
+        task_options: the task's options.
         rise_turns: K > 0 answers every request by RISE over K turns without oracle (majority
             over turns); 0 samples plainly. A request's `rise_turns` field overrides it.
         context_window: W in RISE mode (default min(2, K), as `rise evaluate`).
@@ -63,10 +65,13 @@ class ServeConfig:
             n (for testing clients).
         fault_rate: fraction of requests that fail on purpose (500, 429 or a hang), for testing
             clients; keep 0 in real use.
-        fault_seed / fault_hang: the faults' seed, and how many seconds a hang lasts.
+        fault_seed: seed of the draw of which requests fail.
+        fault_hang: how many seconds a hanging request waits before it answers.
         api_key_env: when set, requests must carry this environment variable's value as their
             bearer token (401 otherwise); the key itself is never printed.
-        device / dtype / batch_size: as for `rise evaluate`.
+        device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32) or a dtype name.
+        batch_size: most sequences the engine generates together.
     """
 
     model: str

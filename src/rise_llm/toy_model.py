@@ -66,8 +66,13 @@ class ToyModelConfig:
 
     Args:
         out: folder to write the model to.
-        layers / hidden / heads: Llama shape (intermediate size is 2.75 x hidden).
-        steps / batch_size / lr / warmup: SFT schedule (AdamW, cosine decay).
+        layers: number of transformer layers of the Llama.
+        hidden: hidden size (the MLP's intermediate size is 2.75 x hidden).
+        heads: attention heads; hidden must be divisible by it.
+        steps: SFT optimiser steps.
+        batch_size: SFT conversations per step.
+        lr: peak learning rate of AdamW, decayed by a cosine schedule.
+        warmup: steps of linear warmup before the cosine decay.
         conversation_weights: relative frequency of SFT conversations holding 1, 2, 3... problems.
         wrong_fraction: share of earlier (context) problems answered wrongly.
         retraction_fraction: share of trained solutions that slip on one line and retract it

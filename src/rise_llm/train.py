@@ -10,6 +10,7 @@ saved as training goes, so rerunning the same command resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -49,19 +50,28 @@ class TrainConfig:
         model: the model to start from (folder, Hub id or .gguf file).
         data: data folders (or data.jsonl files) from `rise build-data`; concatenated.
         out: output folder; the trained model goes to out/model.
-        lr / scheduler / warmup_ratio / weight_decay: optimiser (reference: 1e-5, cosine, 4%).
+        lr: peak learning rate (reference: 1e-5).
+        scheduler: the Trainer's learning-rate schedule (reference: cosine).
+        warmup_ratio: warmup as a fraction of the steps (reference: 4%).
+        weight_decay: AdamW weight decay (reference: 0).
         warmup_steps: warmup as a number of steps; overrides warmup_ratio when above 0 (a
             schedule that does not depend on the run's length).
-        optim / optim_args: the Trainer's optimiser name and its options (reference: AdamW);
-            e.g. "adamw_bnb_8bit" or "adafactor" to save memory on a large model, "sgd" with
-            optim_args "momentum=0.9".
+        optim: the Trainer's optimiser (reference: AdamW); e.g. "adamw_bnb_8bit" or
+            "adafactor" to save memory on a large model.
+        optim_args: the optimiser's options as the Trainer takes them, e.g. "momentum=0.9"
+            for optim "sgd".
         max_grad_norm: gradients are clipped to this global norm; 0 turns clipping off.
-        epochs / max_steps: training length (max_steps > 0 overrides epochs).
-        batch_size / grad_accum: per-device batch and accumulation steps (reference: 16 per
-            device on 4 GPUs).
+        epochs: passes over the data.
+        max_steps: optimiser steps; above 0 it overrides epochs.
+        batch_size: examples per device and micro-batch (reference: 16 per device on 4 GPUs).
+        grad_accum: micro-batches accumulated per optimiser step.
         max_length: longer examples are dropped, with a count (reference: 2048).
-        lora / lora_r / lora_alpha / lora_dropout / lora_targets: train LoRA adapters (PEFT)
-            instead of all weights; the saved model has the adapters merged in.
+        lora: train LoRA adapters (PEFT) instead of all weights; the saved model has the
+            adapters merged in.
+        lora_r: rank of the LoRA adapters.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: dropout on the LoRA adapters' input.
+        lora_targets: modules that get adapters: "all-linear" or a list of module names.
         normalize_weights: divide weights by their mean over the data (off in the reference).
         group_by_length: batch examples of similar length (less padding).
         bf16: bfloat16 compute; "auto" uses it on a GPU that supports it (`precision.py`). On a
@@ -77,10 +87,16 @@ class TrainConfig:
             enables FSDP, started like DeepSpeed.
         chat_template: a Jinja file or text replacing the model's chat template; it is saved
             with the trained model, so later stages sample with the same template.
+        logging_steps: steps between the Trainer's loss logs.
         report_to: Trainer loggers, e.g. ["tensorboard"] or ["wandb"]; ["none"] for none.
         save_steps: steps between resumable checkpoints.
         seed: data order and initialisation of new weights.
         device: "auto", or "cpu" to train on the CPU even with a GPU present.
+        trainer_args: any other field of transformers' `TrainingArguments`, passed to the
+            Trainer as given, e.g. {"lr_scheduler_kwargs": {"min_lr": 1e-6}, "adam_beta2": 0.95,
+            "torch_compile": true} (`rise train --trainer-arg adam_beta2=0.95`, YAML
+            `train.trainer_args`). The fields this config sets itself are refused with the
+            name to use instead (learning_rate: lr).
     """
 
     model: str
@@ -116,6 +132,7 @@ class TrainConfig:
     save_steps: int = 200
     seed: int = 0
     device: str = "auto"
+    trainer_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -150,6 +167,7 @@ class TrainConfig:
             raise RiseError("train: give at least one data folder from `rise build-data`")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        check_trainer_args(self)
 
 
 def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -261,7 +279,29 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
             raise RiseError("train: deepspeed is set but not installed; pip install deepspeed")
     if isinstance(config.fsdp_config, str) and not Path(config.fsdp_config).is_file():
         raise RiseError(f"train: fsdp_config file {config.fsdp_config!r} does not exist")
-    return TrainingArguments(
+    return TrainingArguments(**trainer_kwargs(config, bf16), **config.trainer_args)
+
+
+# TrainingArguments fields that TrainConfig sets under its own names
+OWN_NAMES = {
+    "learning_rate": "lr",
+    "lr_scheduler_type": "scheduler",
+    "warmup_steps": "warmup_steps or warmup_ratio",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "train_sampling_strategy": "group_by_length",
+    "activation_checkpointing": "gradient_checkpointing",
+    "fsdp": "fsdp_config",
+    "use_cpu": "device",
+    "output_dir": "out",
+    "data_seed": "seed",
+}
+
+
+def trainer_kwargs(config: TrainConfig, bf16: bool) -> dict[str, Any]:
+    """The TrainingArguments fields `config` sets itself (checkpoints under out/checkpoints)."""
+    return dict(
         output_dir=str(Path(config.out) / "checkpoints"),
         learning_rate=config.lr,
         lr_scheduler_type=config.scheduler,
@@ -293,6 +333,22 @@ def training_arguments(config: TrainConfig, bf16: bool) -> TrainingArguments:
         disable_tqdm=False,
         dataloader_pin_memory=torch.cuda.is_available() and config.device != "cpu",
     )
+
+
+def check_trainer_args(config: TrainConfig) -> None:
+    """`trainer_args` names only TrainingArguments fields that this config does not set."""
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for name in config.trainer_args:
+        if name not in known:
+            raise RiseError(
+                f"train: trainer_args.{name} is not a field of transformers' TrainingArguments; "
+                "see its documentation for the names"
+            )
+        if name in trainer_kwargs(config, bf16=False):
+            own = name if name in {f.name for f in dataclasses.fields(config)} else None
+            instead = OWN_NAMES.get(name, own)
+            how = f"use train.{instead}" if instead else "rise train needs its own value there"
+            raise RiseError(f"train: trainer_args.{name} is set by rise train itself; {how}")
 
 
 def _train_on_cpu(config: TrainConfig, bf16: bool) -> bool:

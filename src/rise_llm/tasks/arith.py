@@ -138,7 +138,8 @@ class ArithTask:
     """Multi-step arithmetic with a seed and difficulty knobs.
 
     Args:
-        min_steps / max_steps: number of operations in a problem (inclusive range).
+        min_steps: fewest operations in a problem.
+        max_steps: most operations in a problem (inclusive).
         max_operand: operands are drawn from 1..max_operand.
         ops: which operations may appear, any of "+-*".
         max_multiplier: operands of `*` are drawn from 2..max_multiplier.

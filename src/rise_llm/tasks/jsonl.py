@@ -34,8 +34,10 @@ class JsonlTask(LoadedTask):
             files, or a Hugging Face Hub id.
         verifier: `math` (default), `number`, `module:function`, `path/to/file.py:function`,
             or the name of an installed entry point of group rise_llm.verifiers.
-        question_field / answer_field / id_field: the record fields holding the question, its
-            answer and (optionally) a unique id; without an id, one is made from the question.
+        question_field: the record field holding the question.
+        answer_field: the record field holding the reference answer.
+        id_field: the record field holding a unique id; records without one get an id made
+            from the question.
     """
 
     path: str | None = None
