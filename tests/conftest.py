@@ -20,6 +20,27 @@ from rise_llm.toy_model import ToyModelConfig, build
 
 transformers.logging.set_verbosity_error()
 
+
+def assert_metrics_match_episodes(metrics: dict, episodes: list, turns: int) -> None:
+    """The saved metrics are the episodes' own, counted here by hand: acc@t the share of
+    no-oracle episodes right at turn t, p1@tK the share of oracle episodes solved, pK@t1 the
+    share of problems with a right parallel sample. A wrong count, a metric read off the wrong
+    mode or turn, or metrics saved from other episodes all fail it."""
+    by_mode: dict[str, list] = {}
+    for e in episodes:
+        by_mode.setdefault(e.mode, []).append(e)
+    sequential = by_mode["no_oracle"]
+    assert metrics["n"] == len(sequential)
+    for t in range(1, turns + 1):
+        right = sum(e.turns[t - 1].reward == 1 for e in sequential)
+        assert metrics[f"acc@{t}"] == pytest.approx(right / len(sequential)), f"acc@{t}"
+    solved = sum(any(t.reward == 1 for t in e.turns) for e in by_mode["oracle"])
+    assert metrics[f"p1@t{turns}"] == pytest.approx(solved / len(by_mode["oracle"]))
+    if turns > 1:
+        hit = {e.problem_id for e in by_mode["parallel"] if e.turns[0].reward == 1}
+        assert metrics[f"p{turns}@t1"] == pytest.approx(len(hit) / len(sequential))
+
+
 TINY = dict(layers=2, hidden=32, heads=2, steps=40, batch_size=8, eval_problems=16, lr=3e-3)
 """A model small enough to build in seconds; it answers nonsense but exercises every path."""
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_metrics_match_episodes
 
 from rise_llm.cli import build_parser, main
 from rise_llm.metrics import TRANSITIONS, compute_metrics
@@ -63,8 +64,7 @@ def test_toy_model_then_evaluate_through_the_command_line(tmp_path):
     assert "acc@3" in first.stdout and "p1@t3" in first.stdout  # the printed table
 
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("acc@1", "acc@2", "acc@3", "m1@t3", "p1@t3", "m3@t1", "p3@t1"):
-        assert 0.0 <= metrics[key] <= 1.0, key
+    assert_metrics_match_episodes(metrics, read_jsonl(run / "episodes.jsonl", Episode), 3)
     assert metrics["n"] == 12
     assert sum(metrics["transitions"]["1->2"][k] for k in TRANSITIONS) == 12
     episodes = read_jsonl(run / "episodes.jsonl", Episode)

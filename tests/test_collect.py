@@ -7,6 +7,7 @@ known; `run` is then exercised with the real tiny model for the file and resume 
 from __future__ import annotations
 
 import pytest
+from conftest import TINY
 
 from rise_llm import collect
 from rise_llm.collect import CollectConfig, choose, collect_chunk, is_degenerate
@@ -15,6 +16,7 @@ from rise_llm.errors import RiseError
 from rise_llm.records import Attempt, CollectedEpisode, Problem, read_jsonl
 from rise_llm.report import collection_table
 from rise_llm.tasks.arith import ArithTask
+from rise_llm.toy_model import ToyModelConfig, build
 
 PROBLEMS = [
     Problem(id="a", question="What is 1 + 1?", answer="2"),
@@ -335,18 +337,43 @@ def test_run_writes_resumes_and_refuses_other_settings(tiny_model_dir, tiny_engi
 
 
 def test_run_loads_a_real_teacher_model(tiny_model_dir, tmp_path):
+    """The teacher is another model (the tiny toy, another seed, twice the steps), loaded by
+    `collect.run` itself; greedy in float64, each sample can be traced to the model that
+    wrote it: turn 1 is the learner's answer, every later attempt the teacher's."""
+    from rise_llm.engines.hf import HFEngine
+
+    teacher_dir = tmp_path / "teacher"
+    build(ToyModelConfig(out=str(teacher_dir), **{**TINY, "seed": 1, "steps": 80}))
     cfg = CollectConfig(
         model=str(tiny_model_dir),
-        teacher=str(tiny_model_dir),
+        teacher=str(teacher_dir),
         out=str(tmp_path / "c"),
-        limit=4,
+        limit=6,
         samples=3,
         max_new_tokens=16,
+        temperature=0.0,
         device="cpu",
+        dtype="float64",
     )
     episodes = collect.run(cfg)
-    assert len(episodes) == 4
+    assert len(episodes) == 6
+    engines = {
+        name: HFEngine.load(str(folder), device="cpu", dtype="float64")
+        for name, folder in (("learner", tiny_model_dir), ("teacher", teacher_dir))
+    }
+
+    def greedy(name: str, messages) -> str:
+        params = SamplingParams(temperature=0.0, max_new_tokens=16)
+        return engines[name].generate([messages], n=1, params=params)[0][0].text
+
+    later = [turn for ep in episodes for turn in ep.turns[1:]]
+    assert later, "no episode reached turn 2; the check below would be empty"
     for ep in episodes:
-        assert ep.turns[0].source == "policy" and len(ep.turns[0].attempts) == 1
-        for turn in ep.turns[1:]:
-            assert turn.source == "teacher" and len(turn.attempts) == 3
+        first = ep.turns[0]
+        assert first.source == "policy" and len(first.attempts) == 1
+        assert first.attempts[0].response == greedy("learner", first.messages)
+    for turn in later:
+        assert turn.source == "teacher" and len(turn.attempts) == 3
+        assert {a.response for a in turn.attempts} == {greedy("teacher", turn.messages)}
+    # the two models answer differently, so the check above tells them apart
+    assert any(greedy("learner", t.messages) != greedy("teacher", t.messages) for t in later)

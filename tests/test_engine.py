@@ -54,11 +54,17 @@ def test_same_seed_same_samples_other_seed_differs(tiny_engine):
     assert texts(a) != texts(c)
 
 
-def test_stop_strings_cut_the_text(tiny_engine):
-    out = tiny_engine.generate(CONVS, n=2, params=SamplingParams(max_new_tokens=24, stop=(" ",)))
-    for samples in out:
-        for c in samples:
-            assert " " not in c.text
+def test_stop_strings_cut_the_text(exact_engine):
+    """Greedy text with a stop string is the text without it, cut before the string's first
+    occurrence; an empty or unchanged output fails."""
+    free = exact_engine.generate(CONVS, n=1, params=SamplingParams(temperature=0.0))
+    stopped = exact_engine.generate(CONVS, n=1, params=SamplingParams(temperature=0.0, stop=(" ",)))
+    full = [samples[0].text for samples in free]
+    assert any(" " in text for text in full)  # the stop string occurs, so something is cut
+    assert [samples[0].text for samples in stopped] == [text.split(" ")[0] for text in full]
+    for samples, text in zip(stopped, full, strict=True):
+        if " " in text:
+            assert samples[0].finish_reason == "stop"
 
 
 def test_batches_respect_both_caps(tiny_engine):

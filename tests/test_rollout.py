@@ -42,7 +42,10 @@ class ScriptedEngine:
             turn = sum(m["role"] == "assistant" for m in conv)  # only right with a full window
             answer = SCRIPT[pid][turn]
             text = f"\\boxed{{{answer}}}" if answer else "no idea"
-            out.append([Completion(text=text, num_tokens=3, finish_reason="stop")] * n)
+            # the n samples differ (in length), so a test sees which one went where
+            out.append(
+                [Completion(text=text, num_tokens=3 + k, finish_reason="stop") for k in range(n)]
+            )
         return out
 
 
@@ -88,6 +91,8 @@ def test_parallel_gives_independent_turn1_samples():
     engine = ScriptedEngine()
     eps = parallel_episodes(engine, ArithTask(), PROBLEMS, 4, SamplingParams())
     assert engine.calls == [(2, 4)]
+    # sample k is the engine's k-th completion, not one completion repeated
+    assert [ep.turns[0].num_tokens for ep in eps] == [3, 4, 5, 6] * 2
     assert [(ep.problem_id, ep.sample) for ep in eps] == [
         ("a", 0),
         ("a", 1),

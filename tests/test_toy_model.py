@@ -32,7 +32,10 @@ def test_folder_loads_with_the_auto_classes(tiny_model_dir):
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text == "<|user|>What is 2 + 3?<|end|><|assistant|>"
     record = json.loads((tiny_model_dir / "toy_model.json").read_text())
-    assert 0.0 <= record["single_turn_accuracy"] <= 1.0
+    # a share of the TINY build's 16 held-out problems
+    assert (record["single_turn_accuracy"] * 16) == pytest.approx(
+        round(record["single_turn_accuracy"] * 16)
+    )
     assert record["versions"]["transformers"]
     assert not (tiny_model_dir / "checkpoint.pt").exists()
 
