@@ -82,7 +82,7 @@ def build_prompt_format(
 ) -> PromptFormat:
     """The PromptFormat of the prompt options; a task supplies its own zero-shot template.
 
-    >>> build_prompt_format("one-shot").demonstration[1]["content"][-17:]
+    >>> build_prompt_format("one-shot").demonstration[1]["content"][-18:]
     'Answer: \\\\boxed{17}'
     """
     style = _text_option("prompt", style)
