@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
+from rise_llm.engines.kv_cache import (
+    SHARED_PREFIX,
+    Arena,
+    attending_shared_prefix,
+    preallocated_cache,
+)
 from rise_llm.errors import RiseError
 
 # three prompts of different lengths (left-padded), standing for 3, 1 and 2 samples
@@ -82,6 +97,85 @@ def test_shared_prefix_attention_equals_sdpa_over_repeated_rows(gqa_model):
     shared = decode_logits(gqa_model, share=True)
     assert torch.allclose(shared, repeated, atol=EXACT, rtol=EXACT)
     assert gqa_model.config._attn_implementation == "sdpa"  # switched back after the block
+
+
+SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+# other architectures the shared-prompt attention must serve; Qwen2 adds biases to q, k, v
+FAMILIES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+}
+# and ones it must leave to transformers: sliding-window layers (Mistral's default window,
+# Gemma2's alternate layers), eager-only attention with logit soft-capping (Gemma2)
+SLIDING = {
+    "mistral, sliding window": (MistralConfig, MistralForCausalLM, {"sliding_window": 4}),
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM, {}),
+}
+
+
+def family_model(family, vocab_size: int = 50, **extra):
+    config_cls, model_cls, options = family
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=vocab_size, **SHAPE, **options, **extra)
+    return model_cls(config).double().eval()
+
+
+@pytest.mark.parametrize("family", ["llama", *FAMILIES])
+def test_shared_prefix_attention_equals_sdpa_on_each_family(family, gqa_model, monkeypatch):
+    """Built in-process from its config class, each family gives the same logits through the
+    shared-prompt attention as through sdpa over repeated rows, and really takes that path
+    (every layer at every decoding step)."""
+    model = gqa_model if family == "llama" else family_model(FAMILIES[family])
+    calls = []
+    shared = ALL_ATTENTION_FUNCTIONS[SHARED_PREFIX]
+    monkeypatch.setitem(
+        ALL_ATTENTION_FUNCTIONS,
+        SHARED_PREFIX,
+        lambda *args, **kwargs: calls.append(1) or shared(*args, **kwargs),
+    )
+    repeated = decode_logits(model, share=False)
+    assert calls == []
+    assert torch.allclose(decode_logits(model, share=True), repeated, atol=EXACT, rtol=EXACT)
+    assert len(calls) == model.config.num_hidden_layers * 4
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", list(SLIDING))
+def test_sliding_window_models_sample_through_transformers_own_cache(family, exact_engine):
+    """No preallocated cache for them; asked for the shared one, the engine samples what
+    transformers' DynamicCache gives, greedy and seeded."""
+    tokenizer = exact_engine.tokenizer
+    model = family_model(
+        SLIDING[family],
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    ).float()  # both paths are the same code here; Gemma2's eager attention gives NaN
+    # probabilities in float64 with left padding (transformers 5.24), not in float32
+    assert preallocated_cache(model.config, 8) is None
+    convs = [
+        [{"role": "user", "content": "What is 1 + 2?"}],
+        [{"role": "user", "content": "What is 12 + 7 - 5 + 9 - 3?"}],
+    ]
+
+    def texts(cache: str, params: SamplingParams) -> list[str]:
+        out = HFEngine(model, tokenizer, cache=cache).generate(convs, n=3, params=params)
+        return [s.text for samples in out for s in samples]
+
+    for params in (
+        SamplingParams(temperature=0.0, max_new_tokens=12),
+        SamplingParams(max_new_tokens=12, seed=5),
+    ):
+        got = texts("shared", params)
+        assert got == texts("dynamic", params)
+        assert any(got)  # not all empty: the comparison says something
 
 
 @torch.no_grad()
