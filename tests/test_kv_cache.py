@@ -31,6 +31,33 @@ from rise_llm.errors import RiseError
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]]
 COUNTS = torch.tensor([3, 1, 2])
 EXACT = 1e-10  # float64 rounding of these logits (~1, 2 layers) is ~1e-15; a bug is ~1e-1
+# the shape of every random model below
+SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+# other architectures the shared-prompt attention must serve; Qwen2 adds biases to q, k, v
+FAMILIES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+}
+# and ones it must leave to transformers: sliding-window layers (Mistral's default window,
+# Gemma2's alternate layers), eager-only attention with logit soft-capping (Gemma2)
+SLIDING = {
+    "mistral, sliding window": (MistralConfig, MistralForCausalLM, {"sliding_window": 4}),
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM, {}),
+}
+
+
+def family_model(family, vocab_size: int = 50, **extra):
+    config_cls, model_cls, options = family
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=vocab_size, **SHAPE, **options, **extra)
+    return model_cls(config).double().eval()
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +65,7 @@ def gqa_model():
     """A random Llama with grouped-query attention (4 query heads over 2 key-value heads), in
     float64: the paths compared below add the same terms in another order, which in float32
     differs by rounding whose size depends on the CPU's kernels; in float64 it is ~1e-16."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
-    return LlamaForCausalLM(config).double().eval()
+    return family_model((LlamaConfig, LlamaForCausalLM, {}))
 
 
 @torch.no_grad()
@@ -97,34 +114,6 @@ def test_shared_prefix_attention_equals_sdpa_over_repeated_rows(gqa_model):
     shared = decode_logits(gqa_model, share=True)
     assert torch.allclose(shared, repeated, atol=EXACT, rtol=EXACT)
     assert gqa_model.config._attn_implementation == "sdpa"  # switched back after the block
-
-
-SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
-# other architectures the shared-prompt attention must serve; Qwen2 adds biases to q, k, v
-FAMILIES = {
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
-    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
-}
-# and ones it must leave to transformers: sliding-window layers (Mistral's default window,
-# Gemma2's alternate layers), eager-only attention with logit soft-capping (Gemma2)
-SLIDING = {
-    "mistral, sliding window": (MistralConfig, MistralForCausalLM, {"sliding_window": 4}),
-    "gemma2": (Gemma2Config, Gemma2ForCausalLM, {}),
-}
-
-
-def family_model(family, vocab_size: int = 50, **extra):
-    config_cls, model_cls, options = family
-    torch.manual_seed(0)
-    config = config_cls(vocab_size=vocab_size, **SHAPE, **options, **extra)
-    return model_cls(config).double().eval()
 
 
 @pytest.mark.parametrize("family", ["llama", *FAMILIES])
