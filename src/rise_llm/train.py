@@ -338,15 +338,16 @@ def trainer_kwargs(config: TrainConfig, bf16: bool) -> dict[str, Any]:
 def check_trainer_args(config: TrainConfig) -> None:
     """`trainer_args` names only TrainingArguments fields that this config does not set."""
     known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    owned = trainer_kwargs(config, bf16=False)
+    mine = {f.name for f in dataclasses.fields(config)}
     for name in config.trainer_args:
         if name not in known:
             raise RiseError(
                 f"train: trainer_args.{name} is not a field of transformers' TrainingArguments; "
                 "see its documentation for the names"
             )
-        if name in trainer_kwargs(config, bf16=False):
-            own = name if name in {f.name for f in dataclasses.fields(config)} else None
-            instead = OWN_NAMES.get(name, own)
+        if name in owned:
+            instead = OWN_NAMES.get(name, name if name in mine else None)
             how = f"use train.{instead}" if instead else "rise train needs its own value there"
             raise RiseError(f"train: trainer_args.{name} is set by rise train itself; {how}")
 
