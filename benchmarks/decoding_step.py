@@ -30,6 +30,7 @@ from transformers.generation.utils import GenerationMixin
 
 from rise_llm import collect
 from rise_llm.engines import kv_cache
+from rise_llm.engines.batch_sampler import BatchSampler
 from rise_llm.engines.hf import HFEngine
 
 
@@ -80,8 +81,8 @@ def patch_stages(clock: StageClock, model) -> list[Callable[[], None]]:
 
     patch(collect, "collect_chunk", "episode logic (prompts, verifier, records)")
     patch(HFEngine, "generate", "engine: batching, progress")
-    patch(HFEngine, "_prefill", "prefill (prompts, once each)", absorbs=True)
-    patch(HFEngine, "_decode", "detokenise")
+    patch(BatchSampler, "_prefill", "prefill (prompts, once each)", absorbs=True)
+    patch(BatchSampler, "_decode", "detokenise")
     patch(GenerationMixin, "generate", "generate: set-up per call")
     patch(GenerationMixin, "_sample", "generate loop: sampling, bookkeeping")
     patch(GenerationMixin, "prepare_inputs_for_generation", "generate loop: input preparation")

@@ -254,9 +254,9 @@ def test_arena_reuses_its_buffers_across_batches(tiny_engine):
     convs = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(6)]
     params = SamplingParams(max_new_tokens=10, seed=7)
     once = engine.generate(convs, n=2, params=params)
-    pointers = {k: b.data_ptr() for k, b in engine.arena.buffers.items()}
+    pointers = {k: b.data_ptr() for k, b in engine.sampler.arena.buffers.items()}
     again = engine.generate(convs, n=2, params=params)  # reuses buffers holding old values
-    assert {k: b.data_ptr() for k, b in engine.arena.buffers.items()} == pointers
+    assert {k: b.data_ptr() for k, b in engine.sampler.arena.buffers.items()} == pointers
     fresh = HFEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=4)
     assert [[c.text for c in s] for s in again] == [[c.text for c in s] for s in once]
     assert [[c.text for c in s] for s in fresh.generate(convs, n=2, params=params)] == [
@@ -356,7 +356,7 @@ def test_rows_move_in_place_block_by_block():
 @pytest.mark.parametrize("cache", ["shared", "preallocated"])
 def test_prefill_in_slices_of_rows_gives_the_same_tokens(exact_engine, monkeypatch, cache):
     """Prompts prefilled a few rows at a time generate what transformers' own prefill does."""
-    from rise_llm.engines import hf
+    from rise_llm.engines import batch_sampler
 
     model, tokenizer = exact_engine.model, exact_engine.tokenizer
     convs = [[{"role": "user", "content": f"What is {i} + {3 * i} - 2?"}] for i in range(7)]
@@ -374,6 +374,6 @@ def test_prefill_in_slices_of_rows_gives_the_same_tokens(exact_engine, monkeypat
 
     sampled = SamplingParams(max_new_tokens=12, seed=4)
     whole = {n: texts("dynamic", n, sampled) for n in (1, 3)}
-    monkeypatch.setattr(hf, "PREFILL_TOKENS", 40)  # slices of one to three rows
+    monkeypatch.setattr(batch_sampler, "PREFILL_TOKENS", 40)  # slices of one to three rows
     for n in (1, 3):
         assert texts(cache, n, sampled) == whole[n]
