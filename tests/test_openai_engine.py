@@ -1,9 +1,10 @@
 """The openai engine against real `rise serve` processes on 127.0.0.1 (the HTTP path a vLLM server
 takes), with the tiny toy model.
 
-Two servers run for the module: a clean one, and a faulty one that fails about 30% of requests
-on purpose (500, 429, or a hang past the client's timeout; seeded), returns at most 2 choices per
-request (a server that ignores larger n) and requires an API key. The same requests must give
+Two servers run for the module: a clean one, and a faulty one (`faulty_server.py`: rise serve's
+application behind a fault injector) that fails about 30% of requests on purpose (500, 429, or
+a hang past the client's timeout; seeded), returns at most 2 choices per request (a server that
+ignores larger n) and requires an API key. The same requests must give
 exactly the same samples from both: nothing lost, duplicated or reordered by the retries.
 """
 
@@ -28,8 +29,13 @@ from rise_llm.tasks import get_task
 RISE = str(Path(sys.executable).parent / "rise")
 KEY_ENV = "RISE_TEST_SERVER_KEY"
 KEY = "sk-test-4f1c9a7e-never-written"
-SERVE = f"{RISE} serve {{model}} --port {{port}} --device cpu --dtype float32 --batch-size 16"
-FAULTY = "--fault-rate 0.3 --fault-seed 0 --fault-hang 8 --max-n 2 --api-key-env " + KEY_ENV
+FLAGS = "{model} --port {port} --device cpu --dtype float32 --batch-size 16"
+SERVE = f"{RISE} serve {FLAGS}"
+# rise serve's application with injected faults (the injector lives with the tests)
+FAULTY = (
+    f"{sys.executable} {Path(__file__).parent / 'faulty_server.py'} {FLAGS} "
+    f"--fault-rate 0.3 --fault-seed 0 --fault-hang 8 --max-n 2 --api-key-env {KEY_ENV}"
+)
 # the client gives up on a request after 5 s; a hung request answers after 8 s
 CLIENT = {"timeout": 5.0, "max_retries": 12, "max_concurrency": 3}
 
@@ -41,7 +47,7 @@ def servers(tiny_model_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
     clean = ServedModel(SERVE, str(tiny_model_dir), logs / "clean.log", 300, CLIENT)
     faulty = ServedModel(
-        f"{SERVE} {FAULTY}",
+        FAULTY,
         str(tiny_model_dir),
         logs / "faulty.log",
         300,
@@ -232,4 +238,4 @@ def _injected(served: ServedModel):
     """The faults the server reports in its log so far, by kind."""
     from collections import Counter
 
-    return Counter(re.findall(r"rise serve: fault (\w+) on request", served.log.read_text()))
+    return Counter(re.findall(r"faulty server: fault (\w+) on request", served.log.read_text()))

@@ -11,7 +11,7 @@ import pytest
 
 from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.errors import RiseError
-from rise_llm.serve import FaultInjector, ServeConfig, question_of, rise_answers
+from rise_llm.serve import ServeConfig, question_of, rise_answers
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import REFERENCE_RETRY, PromptFormat
 
@@ -88,19 +88,20 @@ def test_question_of_reads_the_question_inside_the_template(template, text, ques
 
 
 def test_fault_injector_is_seeded_and_near_its_rate():
-    draws = [FaultInjector(0.3, seed=5) for _ in range(2)]
+    from faulty_server import FaultInjector
+
+    draws = [FaultInjector(None, 0.3, seed=5, hang=0) for _ in range(2)]
     first, second = ([d.draw() for _ in range(2000)] for d in draws)
     assert first == second
     kinds = Counter(k for k in first if k)
     assert 0.26 < sum(kinds.values()) / 2000 < 0.34
     assert set(kinds) == {"500", "429", "hang"}
-    assert [FaultInjector(0.0).draw() for _ in range(50)] == [None] * 50
+    assert [FaultInjector(None, 0.0, seed=0, hang=0).draw() for _ in range(50)] == [None] * 50
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"fault_rate": 1.5}, "fault_rate must be in [0, 1]"),
         ({"rise_turns": -1}, "rise_turns must be at least 0"),
         ({"max_n": 0}, "max_n must be at least 1"),
         ({"port": 70000}, "port must be in 0..65535"),

@@ -12,21 +12,16 @@ followed by the task's retry message whatever its truth, the final answer chosen
 over the turns (`metrics.majority_answer`). The chosen attempt is the choice's message; all
 attempts come with it under `rise`. Test-time self-improvement as a service.
 
-Fault mode (`--fault-rate 0.3`) makes about that fraction of requests fail on purpose, seeded:
-an equal share answer 500, answer 429 with Retry-After, or hang for `--fault-hang` seconds and
-then answer 504. It exists to test clients (tests/test_openai_engine.py).
+`load_app` builds the application and `listen` serves it, so a test can wrap the application
+first (tests/faulty_server.py adds injected faults to test clients).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 import secrets
-import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +36,6 @@ from rise_llm.rollout import default_context_window, judged_turn, play_turns
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import PromptFormat, Task
 
-FAULTS = ("500", "429", "hang")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -63,10 +57,6 @@ class ServeConfig:
         context_window: W in RISE mode (default min(2, K), as `rise evaluate`).
         max_n: most choices per answer; below a request's n it imitates a server that ignores
             n (for testing clients).
-        fault_rate: fraction of requests that fail on purpose (500, 429 or a hang), for testing
-            clients; keep 0 in real use.
-        fault_seed: seed of the draw of which requests fail.
-        fault_hang: how many seconds a hanging request waits before it answers.
         api_key_env: when set, requests must carry this environment variable's value as their
             bearer token (401 otherwise); the key itself is never printed.
         device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
@@ -84,45 +74,21 @@ class ServeConfig:
     rise_turns: int = 0
     context_window: int | None = None
     max_n: int = 128
-    fault_rate: float = 0.0
-    fault_seed: int = 0
-    fault_hang: float = 30.0
     api_key_env: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = BATCH_SIZE
 
     def __post_init__(self) -> None:
-        check_at_least("serve", 0, rise_turns=self.rise_turns, fault_hang=self.fault_hang)
+        check_at_least("serve", 0, rise_turns=self.rise_turns)
         check_at_least("serve", 1, max_n=self.max_n, batch_size=self.batch_size)
         check_at_least("serve", 1, context_window=self.context_window)
         if not 0 <= self.port <= 65535:
             raise RiseError(f"serve: port must be in 0..65535, got {self.port}")
-        if not 0 <= self.fault_rate <= 1:
-            raise RiseError(f"serve: fault_rate must be in [0, 1], got {self.fault_rate}")
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
-
-
-class FaultInjector:
-    """Decides, request by request, whether to fail on purpose (seeded, in arrival order)."""
-
-    def __init__(self, rate: float, seed: int = 0):
-        self.rate = rate
-        self._rng = random.Random(seed)
-        self.requests = 0
-        self.counts: Counter[str] = Counter()
-
-    def draw(self) -> str | None:
-        """None (answer normally) or one of FAULTS."""
-        self.requests += 1
-        if self.rate == 0 or self._rng.random() >= self.rate:
-            return None
-        kind = self._rng.choice(FAULTS)
-        self.counts[kind] += 1
-        return kind
 
 
 def question_of(prompt: PromptFormat, text: str) -> str:
@@ -252,7 +218,6 @@ def create_app(engine, config: ServeConfig, task: Task):
 
     app = FastAPI(title="rise serve")
     lock = threading.Lock()  # one request generates at a time: its samples depend on it alone
-    faults = FaultInjector(config.fault_rate, config.fault_seed)
     key = _api_key(config.api_key_env)
 
     @app.get("/v1/models")
@@ -264,15 +229,6 @@ def create_app(engine, config: ServeConfig, task: Task):
     async def chat(body: ChatRequest, authorization: str | None = Header(None)):
         if key is not None and authorization != f"Bearer {key}":
             return _error(401, "missing or wrong API key", "authentication_error")
-        fault = faults.draw()
-        if fault:
-            print(f"rise serve: fault {fault} on request {faults.requests}", file=sys.stderr)
-            if fault == "500":
-                return _error(500, "injected fault", "server_error")
-            if fault == "429":
-                return _error(429, "injected rate limit", "rate_limit", {"retry-after-ms": "100"})
-            await asyncio.sleep(config.fault_hang)
-            return _error(504, "injected hang", "timeout")
         if body.model != config.name:
             return _error(
                 404,
@@ -323,7 +279,6 @@ def create_app(engine, config: ServeConfig, task: Task):
             },
         }
 
-    app.state.faults = faults
     return app
 
 
@@ -359,18 +314,17 @@ def _api_key(variable: str | None) -> str | None:
     return key
 
 
-def run(config: ServeConfig) -> None:
-    """Load the model and serve it until interrupted."""
+def load_app(config: ServeConfig):
+    """Load the model and the task; the application serving them (not yet listening)."""
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise RiseError(
             "rise serve needs fastapi and uvicorn: pip install 'rise-llm[serve]'"
         ) from None
 
     from rise_llm.engines.hf import HFEngine
-    from rise_llm.progress import console
 
     task = get_task(config.task, **config.task_options)
     engine = HFEngine.load(
@@ -380,15 +334,20 @@ def run(config: ServeConfig) -> None:
         chat_template=config.chat_template,
         batch_size=config.batch_size,
     )
-    app = create_app(engine, config, task)
+    return create_app(engine, config, task)
+
+
+def listen(app, config: ServeConfig, note: str = "") -> None:
+    """Serve `app` on the config's host and port until interrupted; `note` joins the banner."""
+    import uvicorn
+
+    from rise_llm.progress import console
+
     if config.host not in LOOPBACK:
         console.print(f"[yellow]rise serve: listening on {config.host}: reachable from the network")
     mode = f"RISE over {config.rise_turns} turns" if config.rise_turns else "plain sampling"
-    faults = (
-        f", faults {config.fault_rate:.0%} (seed {config.fault_seed})" if config.fault_rate else ""
-    )
     console.print(
-        f"rise serve: {config.name!r} on http://{config.host}:{config.port}/v1 ({mode}{faults})",
+        f"rise serve: {config.name!r} on http://{config.host}:{config.port}/v1 ({mode}{note})",
         soft_wrap=True,
     )
     uvicorn.run(
@@ -398,3 +357,8 @@ def run(config: ServeConfig) -> None:
         log_level="warning",
         timeout_graceful_shutdown=2,
     )
+
+
+def run(config: ServeConfig) -> None:
+    """Load the model and serve it until interrupted."""
+    listen(load_app(config), config)
