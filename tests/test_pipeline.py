@@ -77,6 +77,7 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
     assert len(comparisons["iter2_vs_base"]) == 4
     config = json.loads((out / "config.json").read_text())
     assert config["versions"]["torch"] and config["config"]["iterations"] == 2
+    assert config["machine"]["cpu"] and config["machine"]["cores"] >= 1  # figures name their CPU
 
     # the levers recipe: the same base evaluation, collected with the strict verifier
     levers = demo / "levers"

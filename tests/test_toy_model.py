@@ -169,3 +169,22 @@ def test_rendered_conversation_matches_the_template():
         {"role": "assistant", "content": "A"},
     ]
     assert render(tok, messages) == "<|system|>S<|end|><|user|>Q<|end|><|assistant|>A<|end|>"
+
+
+def test_the_same_seed_builds_byte_identical_weights(tmp_path):
+    """Same seed, same machine: the same bytes, from this process and from the command line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = dict(layers=1, hidden=16, heads=2, steps=6, batch_size=2, eval_problems=2, seed=3)
+    build(ToyModelConfig(out=str(tmp_path / "here"), **settings))
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    rise = str(Path(sys.executable).parent / "rise")
+    subprocess.run([rise, "toy-model", "--out", str(tmp_path / "cli"), *flags], check=True)
+    here, cli = ((tmp_path / d / "model.safetensors").read_bytes() for d in ("here", "cli"))
+    assert here == cli
+    build(ToyModelConfig(out=str(tmp_path / "other"), **{**settings, "seed": 4}))
+    assert (tmp_path / "other" / "model.safetensors").read_bytes() != here
+    record = json.loads((tmp_path / "cli" / "toy_model.json").read_text())
+    assert record["machine"]["cpu"] and record["machine"]["cores"] >= 1

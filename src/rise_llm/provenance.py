@@ -1,9 +1,12 @@
-"""What a run directory records about how it was made: the config and library versions."""
+"""What a run directory records about how it was made: the config, the library versions and
+the machine (float results and trained toys differ across CPU kinds, so every figure must name
+the CPU it came from)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import sys
 from importlib import metadata
@@ -34,10 +37,45 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cpu_name(cpuinfo: str | None = None) -> str:
+    r"""The CPU as `lscpu` names it, with its family and model numbers (an "AMD EPYC" of one
+    family computes differently from another), from /proc/cpuinfo; the platform's processor
+    string where there is none.
+
+    >>> cpu_name("vendor_id : AuthenticAMD\ncpu family : 26\nmodel : 2\nmodel name : AMD EPYC\n")
+    'AMD EPYC (family 26, model 2)'
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.processor() or platform.machine() or "unknown"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, its cores and torch's threads, and the GPUs torch sees."""
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpus": gpus,
+    }
+
+
 def write_run_record(out: Path, config: dict[str, Any], name: str = "config.json") -> None:
-    """Write `config` with the library versions to `out/name`."""
+    """Write `config` with the library versions and the machine to `out/name`."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {"config": config, "versions": versions()}
+    record = {"config": config, "versions": versions(), "machine": machine()}
     (out / name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 

@@ -45,7 +45,7 @@ from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
 from rise_llm.precision import cpu_autocast
 from rise_llm.progress import console, progress_bar
-from rise_llm.provenance import check_settings, versions
+from rise_llm.provenance import check_settings, machine, versions
 from rise_llm.records import Message, Problem
 from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution, steps_of
 
@@ -322,6 +322,7 @@ def build(config: ToyModelConfig) -> dict[str, Any]:
     record = {
         "config": settings,
         "versions": versions(),
+        "machine": machine(),
         "parameters": params,
         "precision": precision,
         "train_seconds": round(train_seconds, 1),

@@ -33,7 +33,7 @@ from rise_llm.errors import RiseError
 from rise_llm.models import load_causal_lm, load_tokenizer
 from rise_llm.precision import Bf16, use_bf16
 from rise_llm.progress import console
-from rise_llm.provenance import check_settings, versions
+from rise_llm.provenance import check_settings, machine, versions
 from rise_llm.records import TrainingExample, read_stage_outputs
 
 MODEL_DIR = "model"
@@ -441,6 +441,7 @@ def run(config: TrainConfig) -> Path:
         record = {
             "config": _settings(config),
             "versions": versions(),
+            "machine": machine(),
             "examples": len(dataset),
             "dropped": dataset.dropped,
             "steps": result.global_step,
