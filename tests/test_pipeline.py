@@ -79,18 +79,33 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
     assert config["versions"]["torch"] and config["config"]["iterations"] == 2
     assert config["machine"]["cpu"] and config["machine"]["cores"] >= 1  # figures name their CPU
 
-    # the levers recipe: the same base evaluation, collected with the strict verifier
+    # the shared base is the toy that retracts its slips (lever 3)
+    assert json.loads((demo / "toy/toy_model.json").read_text())["config"][
+        "retraction_fraction"
+    ] == pytest.approx(0.3)
+    # the levers recipe: the same base evaluation; collected with the strict verifier, the
+    # closest repair and keep states; iteration 2 trained from the toy on both iterations' data
     levers = demo / "levers"
     assert (levers / "base/eval/episodes.jsonl").read_bytes() == (
         out / "base/eval/episodes.jsonl"
     ).read_bytes()
     for k in (1, 2):
         record = json.loads((levers / f"iter{k}/collect/config.json").read_text())["config"]
-        assert record["verifier"] == "strict"
-        assert (
-            json.loads((out / f"iter{k}/collect/config.json").read_text())["config"]["verifier"]
-            is None
+        assert (record["verifier"], record["selection"], record["keep_states"]) == (
+            "strict",
+            "closest",
+            True,
         )
+        plain = json.loads((out / f"iter{k}/collect/config.json").read_text())["config"]
+        assert (plain["verifier"], plain["selection"], plain["keep_states"]) == (
+            None,
+            "first",
+            False,
+        )
+    trained = json.loads((levers / "iter2/train/train.json").read_text())["config"]
+    assert trained["model"] == str(demo / "toy")
+    built = json.loads((levers / "iter2/data/config.json").read_text())["config"]
+    assert [Path(e).parent.name for e in built["episodes"]] == ["iter1", "iter2"]
     # both recipes beside the base, on the same problems
     rows = json.loads((demo / "comparison.json").read_text())["rows"]
     assert [r["label"] for r in rows] == [

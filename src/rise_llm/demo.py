@@ -1,10 +1,12 @@
 """`rise demo`: the whole method on the embedded default, end to end, on a CPU.
 
-Builds the toy model if it is missing, evaluates it on held-out `arith` problems with K=5, and
-from it runs two RISE iterations of each recipe: plain RISE (the reference recipe,
-configs/arith-toy.yaml) and RISE with the self-correction levers (the same run with the
-overrides in `LEVERS`, README "Self-correction"). Every model is evaluated on the same problems
-(the base's evaluation is shared), and `rise compare` prints both recipes beside the base:
+Builds the toy model if it is missing (with retractions in its SFT, `TOY_RETRACTIONS`: lever 3
+of README "Self-correction"; its own turn curve stays flat), evaluates it on held-out `arith`
+problems with K=5, and from it runs two RISE iterations of each recipe: plain RISE (the
+reference recipe, configs/arith-toy.yaml) and RISE with the self-correction levers (the same run
+with the overrides in `LEVERS`). Both start from the same toy, so the difference between them is
+the training recipe alone. Every model is evaluated on the same problems (the base's evaluation
+is shared), and `rise compare` prints both recipes beside the base:
 
     OUT/toy/                      the toy model
     OUT/reference/ OUT/levers/    one `rise run` folder per recipe (base/, iter1/, iter2/, ...)
@@ -27,8 +29,18 @@ from rise_llm.progress import console
 
 QUICK_TOY = dict(layers=2, hidden=32, heads=2, steps=40, batch_size=8, eval_problems=16, lr=3e-3)
 RECIPES = Path(__file__).parent / "configs"
+TOY_RETRACTIONS = 0.3
+"""Share of the toy's SFT solutions that slip on a line and retract it (lever 3)."""
 # the demo's recipes: overrides of configs/arith-toy(-quick).yaml
-LEVERS = ["collect.verifier=strict"]
+LEVERS = [
+    "collect.verifier=strict",  # lever 0: targets whose every line is right
+    "collect.selection=closest",  # lever 1: the repair closest to the failed attempt
+    "collect.keep_states=true",  # lever 2: keep a right answer after the retry message
+    "start_from=base",  # iteration 2 trains the toy afresh ...
+    "data.cumulative=true",  # ... on both iterations' data (about twice the steps)
+]
+"""The science config's recipe (configs/arith-toy-science.yaml) at the demo's sizes: 1000
+problems per iteration, evaluation on 1000 (README "The demo")."""
 DEMO_RECIPES = {"reference": [], "levers": LEVERS}
 
 
@@ -78,7 +90,14 @@ def run(config: DemoConfig) -> list[Row]:
     if not (toy_dir / toy_model.BUILD_RECORD).exists():
         console.rule("[bold]building the toy model")
         options = QUICK_TOY if config.quick else {}
-        toy_model.build(toy_model.ToyModelConfig(out=str(toy_dir), seed=config.seed, **options))
+        toy_model.build(
+            toy_model.ToyModelConfig(
+                out=str(toy_dir),
+                seed=config.seed,
+                retraction_fraction=TOY_RETRACTIONS,
+                **options,
+            )
+        )
     runs = {recipe: run_config(config, recipe) for recipe in config.recipes}
     first = runs[config.recipes[0]]
     for recipe, recipe_run in runs.items():
