@@ -1,4 +1,5 @@
-"""The `rise` command line: one-line errors for bad input, and the real end-to-end path."""
+"""The `rise` command line: the real end-to-end path and every command's help (bad input to
+every command: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -17,37 +18,6 @@ from rise_llm.metrics import TRANSITIONS, compute_metrics
 from rise_llm.records import Episode, read_jsonl
 
 RISE = [str(Path(sys.executable).parent / "rise")]
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (["evaluate", "--model", "{model}", "--task", "nope"], "unknown task 'nope'"),
-        (["evaluate", "--model", "./missing/model"], "model path './missing/model' does not exist"),
-        (["evaluate", "--model", "{model}", "--turns", "0"], "turns must be at least 1"),
-        (
-            ["evaluate", "--model", "{model}", "--turns", "2", "--context-window", "3"],
-            "context_window must be between 1 and turns (2)",
-        ),
-        (
-            ["evaluate", "--model", "{model}", "--limit", "ten"],
-            "--limit: Input should be a valid integer",
-        ),
-        (["evaluate", "--model", "{model}", "--limit", "0"], "limit must be at least 1"),
-        (["evaluate", "--model", "{model}", "--split", "dev"], "unknown split 'dev'"),
-        (["evaluate", "--model", "{model}", "--task-option", "bogus=1"], "no option(s) bogus"),
-        (["toy-model", "--out", "{tmp}/t", "--hidden", "30", "--heads", "4"], "divisible by heads"),
-    ],
-)
-def test_bad_input_is_one_line_not_a_traceback(argv, expected, tiny_model_dir, tmp_path, capsys):
-    argv = [a.format(model=tiny_model_dir, tmp=tmp_path) for a in argv]
-    with pytest.raises(SystemExit) as exit_info:
-        sys.exit(main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "evaluate" else argv))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert expected in err
-    assert len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
 
 
 @pytest.mark.slow

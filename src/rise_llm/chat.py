@@ -35,7 +35,7 @@ def read_chat_template(value: str) -> str:
     '{% for'
     """
     if "{{" in value or "{%" in value:
-        return value
+        return _checked_template(value, "chat_template")
     path = Path(value).expanduser()
     if not path.is_file():
         raise RiseError(
@@ -44,6 +44,19 @@ def read_chat_template(value: str) -> str:
     text = path.read_text()
     if "{{" not in text and "{%" not in text:
         raise RiseError(f"chat_template file {path} holds no Jinja template")
+    return _checked_template(text, f"chat_template file {path}")
+
+
+def _checked_template(text: str, where: str) -> str:
+    """`text` if Jinja parses it, so a typo fails at load rather than at the first prompt."""
+    import jinja2
+
+    try:
+        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise RiseError(
+            f"{where}: not a valid Jinja template (line {e.lineno}: {e.message}); fix it"
+        ) from None
     return text
 
 

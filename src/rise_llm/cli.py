@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import re
 import sys
 import typing
@@ -78,7 +79,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif origin in (list, tuple):
             parser.add_argument(flag, nargs="+", type=_yaml_scalar, required=required, **common)
-        elif hint is str:
+        elif hint is str or hint == str | None:  # text as given: a template is not YAML
             parser.add_argument(flag, required=required, **common)
         else:
             parser.add_argument(flag, type=_yaml_scalar, required=required, **common)
@@ -245,13 +246,37 @@ def _quiet_libraries() -> None:
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
+_RERUN = "then rerun the same command to resume"
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: f"free some space or give another out folder, {_RERUN}",
+    errno.EDQUOT: f"free some of your quota or give another out folder, {_RERUN}",
+    errno.EROFS: "give an out folder on a writable file system",
+    errno.EACCES: "give a path you may read (or an out folder you may write to)",
+    errno.EPERM: "give a path you may read (or an out folder you may write to)",
+}
+"""Errors of the machine rather than of rise-llm (a full disk, a read-only folder): one line
+naming the path and the fix, like bad input."""
+
+
+def _error_line(command: str, message: str) -> None:
+    """The error as one line on stderr, whatever line breaks the message holds."""
+    sys.stderr.write(f"rise {command}: error: {' '.join(message.splitlines())}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
         args.handler(args)
     except RiseError as e:
-        sys.stderr.write(f"rise {args.command}: error: {e}\n")
+        _error_line(args.command, str(e))
+        return 2
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRORS:
+            raise
+        fix = _ENVIRONMENT_ERRORS[e.errno]
+        where = f"{e.filename}: " if e.filename else ""
+        _error_line(args.command, f"{where}{e.strerror}; {fix}")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(

@@ -35,9 +35,15 @@ from typing import Any, TypeVar
 from rise_llm import edits
 from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
-from rise_llm.errors import RiseError, check_at_least, check_context_window
+from rise_llm.errors import (
+    RiseError,
+    check_at_least,
+    check_context_window,
+    check_device,
+    check_sampling,
+)
 from rise_llm.progress import console
-from rise_llm.provenance import check_settings, write_run_record
+from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import (
     KEEP,
     Attempt,
@@ -138,6 +144,10 @@ class CollectConfig:
     def __post_init__(self) -> None:
         check_at_least("collect", 1, turns=self.turns, samples=self.samples, limit=self.limit)
         check_at_least("collect", 1, chunk_size=self.chunk_size, batch_size=self.batch_size)
+        # 0 would mark every response degenerate, so no episode could go on
+        check_at_least("collect", 1, max_word_repeats=self.max_word_repeats)
+        check_sampling("collect", self.temperature, self.top_p, self.max_new_tokens)
+        check_device("collect", self.device)
         if self.context_window is None:
             self.context_window = self.turns
         check_context_window("collect", self.context_window, self.turns)
@@ -284,12 +294,18 @@ def run(
     config: CollectConfig, learner: Engine | None = None, teacher: Engine | None = None
 ) -> list[CollectedEpisode]:
     """Collect (or finish collecting) episodes into `config.out`; returns all of them."""
+    out = Path(config.out)
+    check_out(out, "collect")
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
     mine = shard_problems(problems, config.shard)
-    out = Path(config.out)
+    if not mine:
+        raise RiseError(
+            f"collect: shard {config.shard} has no problems, the split has only "
+            f"{len(problems)}; use at most {len(problems)} shards"
+        )
     settings = _settings(config)
-    previous = check_settings(out, settings, "a collection", defaults=CollectConfig)
+    check_settings(out, settings, "a collection", defaults=CollectConfig)
     path = out / EPISODES
     done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}
@@ -300,8 +316,6 @@ def run(
     learner = learner or stage_engine(config)
     if config.teacher and teacher is None:
         teacher = stage_engine(config, config.teacher, chat_template=False)
-    if previous is None:
-        write_run_record(out, settings)
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,
@@ -317,6 +331,8 @@ def run(
         # resumed run samples as a fresh one and no two shards share a seed
         chunk_params = params.with_seed(params.seed + problems.index(chunk[0]))
         new = collect_chunk(learner, teacher or learner, task, chunk, config, chunk_params)
+        if not (out / "config.json").exists():  # with the first episodes: see evaluate.run
+            write_run_record(out, settings)
         write_jsonl(path, new, append=True)
         done.extend(new)
         console.print(

@@ -26,6 +26,7 @@ from rise_llm.claims import paired_bootstrap, rise_claims
 from rise_llm.edits import similarity
 from rise_llm.errors import RiseError
 from rise_llm.metrics import MetricNames, compute_metrics
+from rise_llm.provenance import check_out
 from rise_llm.records import Episode, read_stage_outputs
 from rise_llm.report import stdout
 
@@ -160,6 +161,8 @@ def _transition_shares(t: dict[str, int]) -> list[float]:
 
 def compare(config: CompareConfig) -> list[Row]:
     """The base's row (against itself) and each model's, printed and optionally written."""
+    if config.out:
+        check_out(config.out, "compare")
     base = _episodes(config.base)
     rows = [compare_row("base", base, base, config.seed)]
     for label, folder in config.labelled().items():

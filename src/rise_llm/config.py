@@ -27,6 +27,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise RiseError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise RiseError(f"config file {path} is a folder; give a YAML file (see configs/)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -36,7 +36,7 @@ from rich.table import Table
 
 from rise_llm.errors import RiseError
 from rise_llm.merge import read_collections
-from rise_llm.provenance import write_run_record
+from rise_llm.provenance import check_out, write_run_record
 from rise_llm.records import KEEP, CollectedEpisode, TrainingExample, write_jsonl
 from rise_llm.report import stdout
 
@@ -157,6 +157,7 @@ def cap_keep_states(examples: list[TrainingExample], ratio: float) -> list[Train
 
 def build(config: BuildDataConfig) -> list[TrainingExample]:
     """Build `out/data.jsonl` from the collections and print a summary."""
+    check_out(config.out, "build-data")
     episodes = read_collections(config.episodes)
     examples = [
         ex

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from rise_llm import toy_model
 from rise_llm.compare import CompareConfig, Row, compare
-from rise_llm.errors import RiseError
+from rise_llm.errors import RiseError, check_device
 from rise_llm.pipeline import RunConfig, load_run_config, share_base_evaluation
 from rise_llm.pipeline import run as run_pipeline
 from rise_llm.progress import console
+from rise_llm.provenance import check_out
 
 QUICK_TOY = dict(layers=2, hidden=32, heads=2, steps=40, batch_size=8, eval_problems=16, lr=3e-3)
 RECIPES = Path(__file__).parent / "configs"
@@ -69,6 +70,7 @@ class DemoConfig:
             raise RiseError(
                 f"demo: recipes must be some of {', '.join(DEMO_RECIPES)}, got {self.recipes}"
             )
+        check_device("demo", self.device)
 
 
 def run_config(config: DemoConfig, recipe: str) -> RunConfig:
@@ -86,6 +88,7 @@ def run_config(config: DemoConfig, recipe: str) -> RunConfig:
 
 def run(config: DemoConfig) -> list[Row]:
     """Build the toy, run every recipe (or resume), and compare them all against the base."""
+    check_out(config.out, "demo")
     toy_dir = Path(config.out) / "toy"
     if not (toy_dir / toy_model.BUILD_RECORD).exists():
         console.rule("[bold]building the toy model")

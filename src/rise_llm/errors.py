@@ -4,6 +4,8 @@ The command line turns a `RiseError` into a single line on stderr (no traceback)
 message must name the offending file, field or value and say how to fix it.
 """
 
+import re
+
 
 class RiseError(Exception):
     """Bad input or an impossible request, explained in one line."""
@@ -25,3 +27,30 @@ def check_context_window(stage: str, window: int, turns: int) -> None:
         raise RiseError(
             f"{stage}: context_window must be between 1 and turns ({turns}), got {window}"
         )
+
+
+def check_sampling(
+    stage: str, temperature: float, top_p: float, max_new_tokens: int | None
+) -> None:
+    """Sampling settings that give a meaningful run (checked at load, before any model loads)."""
+    if temperature < 0:
+        raise RiseError(f"{stage}: temperature must be 0 (greedy) or more, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise RiseError(f"{stage}: top_p must be in (0, 1] (1 turns it off), got {top_p}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise RiseError(
+            f"{stage}: max_new_tokens must be at least 1 (or unset for the task's default), "
+            f"got {max_new_tokens}"
+        )
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(stage: str, device: str) -> None:
+    """A device name the engines and the trainer know.
+
+    >>> check_device("evaluate", "cuda:1")
+    """
+    if not DEVICE.fullmatch(device):
+        raise RiseError(f"{stage}: device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")

@@ -24,11 +24,11 @@ from typing import Any
 
 from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
-from rise_llm.errors import check_at_least, check_context_window
+from rise_llm.errors import check_at_least, check_context_window, check_device, check_sampling
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
-from rise_llm.provenance import check_settings, write_run_record
-from rise_llm.records import Episode, read_jsonl_for_resume, write_jsonl
+from rise_llm.provenance import check_out, check_settings, write_run_record
+from rise_llm.records import Episode, read_jsonl_for_resume, write_atomic, write_jsonl
 from rise_llm.report import print_metrics
 from rise_llm.rollout import (
     default_context_window,
@@ -95,6 +95,8 @@ class EvaluateConfig:
         if self.context_window is None:
             self.context_window = default_context_window(self.turns)
         check_context_window("evaluate", self.context_window, self.turns)
+        check_sampling("evaluate", self.temperature, self.top_p, self.max_new_tokens)
+        check_device("evaluate", self.device)
 
 
 @dataclass
@@ -131,9 +133,11 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     With `out`, modes finished by an earlier run of the same settings are kept, and a run with
     nothing left to do rewrites nothing.
     """
+    out = Path(config.out) if config.out else None
+    if out:
+        check_out(out, "evaluate")
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
-    out = Path(config.out) if config.out else None
     episodes = _resume(out, config, len(problems)) if out else []
     done = {ep.mode for ep in episodes}
     K, W = config.turns, config.context_window
@@ -148,8 +152,6 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     derived = {"oracle"} if config.reuse_samples else set()
     if set(todo) - derived and engine is None:  # load first: a bad model leaves no folder
         engine = stage_engine(config)
-    if out and not (out / "config.json").exists():
-        write_run_record(out, _settings(config))
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,
@@ -184,12 +186,16 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
         timings[mode] = round(time.perf_counter() - start, 2)
         episodes.extend(new)
         if out:
+            # the record comes with the first episodes: a run that fails before them (a bad
+            # model, a verifier that raises) leaves nothing that a rerun would have to match
+            if not (out / "config.json").exists():
+                write_run_record(out, _settings(config))
             write_jsonl(out / "episodes.jsonl", new, append=True)
     metrics = compute_metrics(episodes, K)
     metrics.context_window = W
     metrics.seconds = timings
     if metrics_path:
-        metrics_path.write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
+        write_atomic(metrics_path, json.dumps(metrics.to_dict(), indent=2) + "\n")
     return EvaluateResult(metrics=metrics, episodes=episodes)
 
 

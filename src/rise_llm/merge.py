@@ -19,7 +19,7 @@ from typing import Any
 from rise_llm.collect import EPISODES, WHOLE, parse_shard, shard_problems
 from rise_llm.errors import RiseError
 from rise_llm.progress import console
-from rise_llm.provenance import read_run_config, write_run_record
+from rise_llm.provenance import check_out, read_run_config, write_run_record
 from rise_llm.records import CollectedEpisode, read_jsonl, read_stage_outputs, write_jsonl
 
 MERGE_RECORD = "merge.json"
@@ -183,6 +183,7 @@ class MergeConfig:
 
 def run(config: MergeConfig) -> list[CollectedEpisode]:
     """Join the shard folders into `config.out`; returns the merged episodes."""
+    check_out(config.out, "merge")
     shards = [read_shard(source) for source in config.shards]
     episodes = join(shards)
     out = Path(config.out)

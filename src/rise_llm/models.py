@@ -19,6 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 from rise_llm.chat import check_chat_template, read_chat_template
 from rise_llm.errors import RiseError
 
+MODEL_CONFIGS = ("config.json", "adapter_config.json")
+"""What a model folder holds (a PEFT adapter folder loads through its base model)."""
+
 # float64 is for exact comparisons (the tests compare two computation paths token for token)
 DTYPES = {
     "float32": torch.float32,
@@ -65,6 +68,16 @@ def model_source(model: str) -> tuple[str, dict[str, Any]]:
     if looks_local and not path.exists():
         raise RiseError(
             f"model path {model!r} does not exist; give a model folder, a .gguf file or a Hub id"
+        )
+    if path.is_file():
+        raise RiseError(
+            f"model path {model!r} is a file but not a .gguf; give a model folder (holding "
+            "config.json), a .gguf file or a Hub id"
+        )
+    if path.is_dir() and not any((path / n).is_file() for n in MODEL_CONFIGS):
+        raise RiseError(
+            f"model folder {model!r} holds no config.json, so it is not a model; give a model "
+            "folder (e.g. the out folder of `rise toy-model` or out/model of `rise train`)"
         )
     return (str(path) if looks_local else model), {}
 

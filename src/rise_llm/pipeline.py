@@ -38,13 +38,13 @@ from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, Engine
 from rise_llm.engines.served import ServedModel, ServerConfig
-from rise_llm.errors import RiseError
+from rise_llm.errors import RiseError, check_at_least, check_device
 from rise_llm.metrics import Metrics
 from rise_llm.progress import console
-from rise_llm.provenance import check_settings, write_run_record
+from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
 from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
-from rise_llm.tasks import TASKS
+from rise_llm.tasks import TASKS, get_task
 
 # Settings a run fills in for every stage itself; a section must not set them.
 _SAMPLING = {"model", "chat_template", "out", "task", "task_options", "device", "dtype"}
@@ -119,6 +119,9 @@ class RunConfig:
             raise RiseError(f"run: iterations must be at least 1, got {self.iterations}")
         if self.task not in TASKS:
             raise RiseError(f"run: unknown task {self.task!r}; available: {', '.join(TASKS)}")
+        get_task(self.task, **self.task_options)  # its options, before any stage starts
+        check_device("run", self.device)
+        check_at_least("run", 1, batch_size=self.batch_size)
         if self.start_from not in ("previous", "base"):
             raise RiseError(
                 f"run: start_from must be 'previous' or 'base', got {self.start_from!r}"
@@ -240,7 +243,12 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """A RunConfig from a YAML file with `a.b=value` overrides applied, validated."""
     from rise_llm.config import apply_overrides, load_yaml
 
-    return build(RunConfig, apply_overrides(load_yaml(path), overrides), str(path))
+    try:
+        return build(RunConfig, apply_overrides(load_yaml(path), overrides), str(path))
+    except RiseError as e:  # a section's error ("collect: turns ...") names the file too
+        if str(path) in str(e):
+            raise
+        raise RiseError(f"{path}: {e}") from None
 
 
 @dataclass
@@ -257,16 +265,19 @@ def _evaluate(config: RunConfig, iteration: int, engine: Engine | None = None) -
 def run(config: RunConfig) -> RunResult:
     """Run (or resume) all iterations and write the summary, table and plot."""
     root = config.root
+    check_out(root, "run")
     settings = dataclasses.asdict(config)
     settings.pop("out")
     check_settings(root, settings, "a run", may_grow=("iterations",))
-    write_run_record(root, settings)
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
         with config.served(m) as served:
             engine = served if "evaluate" in stages else None
             metrics[config.label_of(m)] = _evaluate(config, m, engine)
+            if m == 0:  # once the base is evaluated: a run that failed before (a bad model
+                # path, say) leaves no record that its corrected rerun would have to match
+                write_run_record(root, settings)
             if m == config.iterations:
                 break
             k = m + 1

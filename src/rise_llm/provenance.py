@@ -17,6 +17,7 @@ import torch
 
 from rise_llm import __version__
 from rise_llm.errors import RiseError
+from rise_llm.records import write_atomic
 
 _LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "peft", "datasets")
 
@@ -76,7 +77,28 @@ def write_run_record(out: Path, config: dict[str, Any], name: str = "config.json
     """Write `config` with the library versions and the machine to `out/name`."""
     out.mkdir(parents=True, exist_ok=True)
     record = {"config": config, "versions": versions(), "machine": machine()}
-    (out / name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / name, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def check_out(out: str | Path, stage: str) -> None:
+    """`out` can be (or already is) a folder this process may write in; an error naming the
+    path that stands in the way otherwise. Checked before any work, so nothing is half-done.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RiseError(f"{stage}: out {out} is a file, not a folder; give a folder path")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RiseError(
+            f"{stage}: out {out} cannot be a folder: {existing} is a file; give another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RiseError(
+            f"{stage}: out {out} is not writable ({existing} is read-only for this user); "
+            "give a folder you can write to"
+        )
 
 
 def read_run_config(out: Path, name: str = "config.json") -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ when read by another. Readers name the file and line of any malformed record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -194,12 +195,46 @@ def from_json(cls: type[R], data: dict[str, Any], where: str = "record") -> R:
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) -> None:
-    """Write records as JSON Lines; flushed and fsynced so a kill cannot leave half a batch."""
-    with open(path, "a" if append else "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(to_json(record), ensure_ascii=False) + "\n")
+    """Write records as JSON Lines; flushed and fsynced so a kill cannot leave half a batch.
+
+    A whole file is written beside `path` and renamed over it (`write_atomic`), so a full disk
+    or a kill leaves the old file or none, never a short one; an appended batch cut short is
+    a torn last line, which `read_jsonl_for_resume` drops.
+    """
+    lines = "".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records)
+    if not append:
+        write_atomic(path, lines)
+        return
+    with _naming(path), open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it: readers (and reruns)
+    see the old content or the new, never half of it (a full disk, a kill)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with _naming(path), open(partial, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(path: Path | str) -> Iterator[None]:
+    """A write's OSError (a full disk says no file) names the file it was writing."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def iter_jsonl(
@@ -258,8 +293,8 @@ def read_jsonl_for_resume(path: str | Path, cls: type[R]) -> list[R]:
 def read_stage_outputs(sources: Sequence[str], filename: str, cls: type[R], hint: str) -> list[R]:
     """Records from several stage folders (or files directly), concatenated in order.
 
-    A folder is read as `folder/filename`; a missing one is an error that says `hint` (the
-    command that makes it).
+    A folder is read as `folder/filename`; a missing or empty one is an error that says `hint`
+    (the command that makes it).
     """
     records: list[R] = []
     for source in sources:
@@ -267,5 +302,8 @@ def read_stage_outputs(sources: Sequence[str], filename: str, cls: type[R], hint
         path = path / filename if path.is_dir() else path
         if not path.exists():
             raise RiseError(f"{path} does not exist; {hint}")
-        records.extend(read_jsonl(path, cls))
+        found = read_jsonl(path, cls)
+        if not found:
+            raise RiseError(f"{path} holds no records; {hint}")
+        records.extend(found)
     return records

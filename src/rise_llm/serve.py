@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
-from rise_llm.errors import RiseError, check_at_least
+from rise_llm.errors import RiseError, check_at_least, check_context_window, check_device
 from rise_llm.metrics import MAJORITY_RULE, majority_answer
 from rise_llm.records import Message, Problem, Turn
 from rise_llm.rollout import default_context_window, judged_turn, play_turns
@@ -83,6 +83,9 @@ class ServeConfig:
         check_at_least("serve", 0, rise_turns=self.rise_turns)
         check_at_least("serve", 1, max_n=self.max_n, batch_size=self.batch_size)
         check_at_least("serve", 1, context_window=self.context_window)
+        if self.rise_turns and self.context_window is not None:
+            check_context_window("serve", self.context_window, self.rise_turns)
+        check_device("serve", self.device)
         if not 0 <= self.port <= 65535:
             raise RiseError(f"serve: port must be in 0..65535, got {self.port}")
 

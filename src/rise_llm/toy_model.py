@@ -45,8 +45,9 @@ from rise_llm.engines.hf import HFEngine
 from rise_llm.errors import RiseError
 from rise_llm.precision import cpu_autocast
 from rise_llm.progress import console, progress_bar
-from rise_llm.provenance import check_settings, machine, versions
-from rise_llm.records import Message, Problem
+from rise_llm.provenance import check_out, check_settings, machine, versions
+from rise_llm.records import Message, Problem, write_atomic
+from rise_llm.tasks import get_task
 from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution, steps_of
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -104,9 +105,14 @@ class ToyModelConfig:
     bf16: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("layers", "hidden", "heads", "steps", "batch_size", "checkpoint_every"):
+        counts = ("layers", "hidden", "heads", "steps", "batch_size", "checkpoint_every")
+        for name in (*counts, "eval_problems"):
             if getattr(self, name) < 1:
                 raise RiseError(f"toy-model: {name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise RiseError(f"toy-model: lr must be positive, got {self.lr}")
+        if self.warmup < 0:
+            raise RiseError(f"toy-model: warmup must be 0 or more steps, got {self.warmup}")
         if self.hidden % self.heads:
             raise RiseError(
                 f"toy-model: hidden ({self.hidden}) must be divisible by heads ({self.heads})"
@@ -114,9 +120,23 @@ class ToyModelConfig:
         for name in ("wrong_fraction", "retraction_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise RiseError(f"toy-model: {name} must be in [0, 1], got {getattr(self, name)}")
-        if not self.conversation_weights or min(self.conversation_weights) < 0:
-            raise RiseError("toy-model: conversation_weights must be non-negative and not empty")
+        weights = self.conversation_weights
+        if not weights or min(weights) < 0 or not sum(weights):
+            raise RiseError(
+                "toy-model: conversation_weights must be non-negative, not empty and not all 0, "
+                f"got {list(weights)}"
+            )
         self.conversation_weights = tuple(self.conversation_weights)
+        # the toy's seed is its own; the prompt is arith's default (`sft_conversation`)
+        known = {f.name for f in dataclasses.fields(ArithTask) if f.init}
+        known -= {"prompt", "name", "seed"}
+        unknown = sorted(set(self.task_options) - known)
+        if unknown:
+            raise RiseError(
+                f"toy-model: task_options {', '.join(unknown)} unknown; its options are: "
+                f"{', '.join(sorted(known))} (the seed is --seed)"
+            )
+        get_task("arith", seed=self.seed, **self.task_options)  # types, min/max steps, ...
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -250,6 +270,7 @@ def single_turn_accuracy(model_dir: Path, task: ArithTask, n: int, seed: int) ->
 def build(config: ToyModelConfig) -> dict[str, Any]:
     """Build (or resume building) the toy model in `config.out`; returns the build record."""
     out = Path(config.out)
+    check_out(out, "toy-model")
     settings = dataclasses.asdict(config)
     settings["conversation_weights"] = list(config.conversation_weights)
     record_path = out / BUILD_RECORD
@@ -329,7 +350,7 @@ def build(config: ToyModelConfig) -> dict[str, Any]:
         "single_turn_accuracy": accuracy,
         "eval_problems": config.eval_problems,
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_atomic(record_path, json.dumps(record, indent=2) + "\n")
     checkpoint.unlink(missing_ok=True)
     console.print(
         f"built {out}: {params / 1e6:.2f}M parameters in {train_seconds:.0f} s; single-turn "

@@ -33,13 +33,14 @@ from rise_llm.errors import RiseError
 from rise_llm.models import load_causal_lm, load_tokenizer
 from rise_llm.precision import Bf16, use_bf16
 from rise_llm.progress import console
-from rise_llm.provenance import check_settings, machine, versions
-from rise_llm.records import TrainingExample, read_stage_outputs
+from rise_llm.provenance import check_out, check_settings, machine, versions
+from rise_llm.records import TrainingExample, read_stage_outputs, write_atomic
 
 MODEL_DIR = "model"
 TRAIN_RECORD = "train.json"
 SCHEDULERS = tuple(s.value for s in SchedulerType)
 OPTIMIZERS = tuple(o.value for o in OptimizerNames)
+DEVICES = ("auto", "cpu")
 
 
 @dataclass
@@ -165,6 +166,20 @@ class TrainConfig:
             raise RiseError("train: give epochs > 0 or max_steps > 0")
         if not self.data:
             raise RiseError("train: give at least one data folder from `rise build-data`")
+        if self.weight_decay < 0:
+            raise RiseError(f"train: weight_decay must be 0 or more, got {self.weight_decay}")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise RiseError(
+                f"train: lora_r must be at least 1 and lora_alpha positive (the update is scaled "
+                f"by alpha / r), got lora_r={self.lora_r}, lora_alpha={self.lora_alpha}"
+            )
+        if not 0 <= self.lora_dropout < 1:
+            raise RiseError(f"train: lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.device not in DEVICES:
+            raise RiseError(
+                f"train: device must be {' or '.join(DEVICES)} (the Trainer places the model "
+                f"on the GPUs itself), got {self.device!r}"
+            )
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         check_trainer_args(self)
@@ -388,6 +403,7 @@ def _save_model(trainer: Trainer, config: TrainConfig, folder: Path, dtype: torc
 def run(config: TrainConfig) -> Path:
     """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
     out = Path(config.out)
+    check_out(out, "train")
     record_path = out / TRAIN_RECORD
     if check_settings(
         out, _settings(config), "a trained model", name=TRAIN_RECORD, defaults=TrainConfig
@@ -449,5 +465,5 @@ def run(config: TrainConfig) -> Path:
             "seconds": round(seconds, 1),
             "log": trainer.state.log_history,
         }
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        write_atomic(record_path, json.dumps(record, indent=2) + "\n")
     return out / MODEL_DIR

@@ -29,6 +29,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,36 @@ def as_verdict(result: Any, response: str, spec: str, problem: Problem) -> Verdi
     return Verdict(answer=None if reward == -1 else answer, reward=reward)
 
 
+def call_verifier(function: Verifier, spec: str, problem: Problem, response: str) -> Verdict:
+    """`function(problem, response)` read as a Verdict (`as_verdict`). An exception from it is a
+    bug in the user's verifier: it becomes one line naming the verifier, the problem and the
+    exception, with the user's own line where it was raised, and none of ours."""
+    try:
+        result = function(problem, response)
+    except RiseError:
+        raise
+    except Exception as e:
+        message = (str(e).strip().splitlines() or [""])[0]
+        raise RiseError(
+            f"verifier {spec!r} raised {type(e).__name__}"
+            f"{': ' + message if message else ''} on problem {problem.id}"
+            f"{_user_frame(e, function)}; fix the verifier and rerun the same command"
+        ) from None
+    return as_verdict(result, response, spec, problem)
+
+
+def _user_frame(error: BaseException, function: Verifier) -> str:
+    """Where the verifier raised, as " (at FILE:LINE in NAME)": the deepest frame of `error`
+    in the verifier's own file (the verifier's first frame when its file is unknown)."""
+    frames = traceback.extract_tb(error.__traceback__)[1:]  # [0] is call_verifier's call
+    code = getattr(function, "__code__", None)
+    own = [f for f in frames if code is not None and f.filename == code.co_filename]
+    if not own and not frames:
+        return ""
+    frame = own[-1] if own else frames[0]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
 def stage_verifier(task: Any, spec: str | None) -> Callable[[Problem, str], Verdict]:
     """The verdict function of a stage that may judge with another verifier than the task's.
 
@@ -192,6 +223,6 @@ def stage_verifier(task: Any, spec: str | None) -> Callable[[Problem, str], Verd
         raise RiseError(f"{e}{offered}") from None
 
     def verify(problem: Problem, response: str) -> Verdict:
-        return as_verdict(function(problem, response), response, spec, problem)
+        return call_verifier(function, spec, problem, response)
 
     return verify

@@ -9,8 +9,11 @@ turned into the task's PromptFormat here.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from rise_llm.errors import RiseError
 from rise_llm.tasks.arith import ArithTask
@@ -56,9 +59,25 @@ def get_task(name: str, **options: Any) -> Task:
                 f"task {name!r} has no option(s) {', '.join(unknown)}; "
                 f"its options are: {', '.join(sorted(known))}"
             )
-    options = dict(options)
+    options = _typed_options(name, factory, options)
     options["prompt"] = _prompt_format(factory, options)
     return factory(**options)
+
+
+def _typed_options(name: str, factory: Callable[..., Task], options: dict[str, Any]):
+    """The options checked (and coerced, "3" -> 3) against the task's field types, so a value of
+    the wrong type is named here rather than failing inside the task."""
+    hints = typing.get_type_hints(factory) if dataclasses.is_dataclass(factory) else {}
+    typed = dict(options)
+    for key, value in options.items():
+        if key in hints and key not in PROMPT_OPTIONS:
+            try:
+                typed[key] = TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as e:
+                raise RiseError(
+                    f"task {name!r}: option {key}: {e.errors()[0]['msg']} (got {value!r})"
+                ) from None
+    return typed
 
 
 __all__ = ["TASKS", "PromptFormat", "Task", "get_task"]

@@ -43,7 +43,7 @@ def final_number(solution: str) -> str | None:
 
 def to_problem(record: Record) -> tuple[Record, Problem]:
     hint = " (GSM8K records need 'question' and 'answer')"
-    question = record.text("question", hint)
+    question = record.text("question", hint, numbers=False)
     solution = record.text("answer", hint)
     answer = final_number(solution)
     if answer is None:

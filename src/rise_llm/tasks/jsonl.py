@@ -20,7 +20,7 @@ from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
 from rise_llm.tasks.loading import LoadedTask, Record, load_records, problem_id, unique
-from rise_llm.verifiers import Verifier, as_verdict, load_verifier
+from rise_llm.verifiers import Verifier, call_verifier, load_verifier
 
 DEFAULT_MAX_NEW_TOKENS = 1000
 
@@ -61,9 +61,14 @@ class JsonlTask(LoadedTask):
 
     def to_problem(self, record: Record) -> tuple[Record, Problem]:
         hint = " (set {}_field=NAME if your records call it otherwise)"
-        question = record.text(self.question_field, hint.format("question"))
+        question = record.text(self.question_field, hint.format("question"), numbers=False)
         answer = record.text(self.answer_field, hint.format("answer"))
         given = record.data.get(self.id_field)
+        if given is not None and (isinstance(given, bool) or not isinstance(given, str | int)):
+            raise RiseError(
+                f"{record.where}: field {self.id_field!r} must be text or an integer, got "
+                f"{type(given).__name__}; give each record a unique string id, or none"
+            )
         pid = str(given) if given is not None else problem_id("jsonl", question)
         return record, Problem(id=pid, question=question, answer=answer, meta=dict(record.data))
 
@@ -71,12 +76,4 @@ class JsonlTask(LoadedTask):
         return unique(self.to_problem(r) for r in load_records(self.path, split))
 
     def verify(self, problem: Problem, response: str) -> Verdict:
-        try:
-            result = self._verify(problem, response)
-        except RiseError:
-            raise
-        except Exception as e:  # a bug in the user's verifier: keep its traceback, say where
-            if hasattr(e, "add_note"):  # Python 3.11+
-                e.add_note(f"while verifier {self.verifier!r} checked problem {problem.id}")
-            raise
-        return as_verdict(result, response, self.verifier, problem)
+        return call_verifier(self._verify, self.verifier, problem, response)

@@ -34,16 +34,29 @@ class Record:
     where: str
     data: dict[str, Any]
 
-    def text(self, field: str, hint: str = "") -> str:
-        """The field as text (numbers are written out); an error naming the record if missing."""
+    def text(self, field: str, hint: str = "", numbers: bool = True) -> str:
+        """The field as text; an error naming the record if it is missing or not text.
+
+        With `numbers`, a number is written out (an answer of 42 is "42"); a question must be
+        text, since a number there is a record whose fields are mixed up.
+        """
         value = self.data.get(field)
         if value is None:
             raise RiseError(f"{self.where}: missing field {field!r}{hint}")
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        allowed = str | int | float if numbers else str
+        if isinstance(value, bool) or not isinstance(value, allowed):
             raise RiseError(
-                f"{self.where}: field {field!r} must be text, got {type(value).__name__}"
+                f"{self.where}: field {field!r} must be text, got {type(value).__name__} "
+                f"{_short(value)}; write it as a JSON string"
             )
+        if isinstance(value, str) and not value.strip():
+            raise RiseError(f"{self.where}: field {field!r} is empty; give it text")
         return str(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def looks_like_path(source: str) -> bool:
@@ -67,18 +80,22 @@ def has_split(source: str, split: str) -> bool:
 
 
 def read_file(path: Path) -> list[Record]:
-    """The records of one JSON Lines or Parquet file."""
+    """The records of one JSON Lines or Parquet file; an error when it holds none."""
     if path.suffix == ".jsonl":
-        return [Record(f"{path}:{lineno}", obj) for lineno, obj in iter_jsonl(path)]
-    if path.suffix == ".parquet":
+        records = [Record(f"{path}:{lineno}", obj) for lineno, obj in iter_jsonl(path)]
+    elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise RiseError(f"{path}: not a readable Parquet file ({e})") from None
-        return [Record(f"{path} row {i}", row) for i, row in enumerate(rows)]
-    raise RiseError(f"{path}: unsupported file type; give a .jsonl or .parquet file")
+        records = [Record(f"{path} row {i}", row) for i, row in enumerate(rows)]
+    else:
+        raise RiseError(f"{path}: unsupported file type; give a .jsonl or .parquet file")
+    if not records:
+        raise RiseError(f"{path} holds no records; give one JSON object per line, a problem each")
+    return records
 
 
 def read_hub(dataset_id: str, split: str, config: str | None = None) -> list[Record]:

@@ -47,7 +47,7 @@ REFERENCE_MAX_NEW_TOKENS = 1000
 
 def to_problem(record: Record) -> tuple[Record, Problem]:
     hint = " (MATH records need 'problem' and 'solution')"
-    question = record.text("problem", hint)
+    question = record.text("problem", hint, numbers=False)
     solution = record.text("solution", hint)
     answer = record.text("answer") if record.data.get("answer") is not None else None
     answer = answer if answer is not None else last_boxed(solution)
