@@ -92,6 +92,68 @@ def test_sigterm_while_serving_unwinds_the_block_and_stops_the_server(stand_in, 
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def group_members(group: int) -> list[int]:
+    """The live processes of process group `group`."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def empty_within(group: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not group_members(group)
+
+
+HOLDER = """
+import sys, time
+from rise_llm.engines.served import ServedModel
+served = ServedModel(sys.argv[1], "m", sys.argv[2], startup_timeout=60)
+served.start()
+print(served.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_ends_with_a_process_killed_by_sigkill(stand_in, tmp_path):
+    """`rise run` killed with SIGKILL cannot stop its server; the watcher around it does."""
+    holder = tmp_path / "holder.py"
+    holder.write_text(HOLDER)
+    proc = subprocess.Popen(
+        [sys.executable, str(holder), stand_in, str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    group = int(proc.stdout.readline())
+    assert len(group_members(group)) == 2  # the watcher and the server
+    proc.kill()
+    proc.wait()
+    assert empty_within(group, 10)
+
+
+def test_a_server_left_by_an_earlier_run_is_stopped_at_the_next_start(stand_in, tmp_path):
+    first = ServedModel(stand_in, "m", tmp_path / "server.log", startup_timeout=30)
+    first.start()
+    group = first.process.pid
+    os.kill(group, signal.SIGKILL)  # the watcher too: its server is left running
+    first.process.wait()
+    first.process = None
+    assert len(group_members(group)) == 1
+    assert json.loads((tmp_path / "server.pid").read_text())["group"] == group
+    with ServedModel(stand_in, "m", tmp_path / "server.log", startup_timeout=30) as second:
+        second.start()
+        assert empty_within(group, 5)
+        assert second.engine.model == "m"  # the new one serves
+    assert not (tmp_path / "server.pid").exists()
+
+
 def test_a_command_that_exits_is_reported_with_its_log(tmp_path):
     command = f"{sys.executable} -c 'import sys; print(\"no gpu\"); sys.exit(3)' {{model}} {{port}}"
     served = ServedModel(command, "m", tmp_path / "server.log", startup_timeout=30)

@@ -5,7 +5,10 @@ The server command starts at the first `generate`, so a resumed run whose stages
 done starts none. It runs in its own process group with its output in a log file, is given
 `startup_timeout` seconds to answer `GET /v1/models`, and is stopped when the `with` block ends,
 however it ends: SIGTERM to the whole group, SIGKILL after a grace period. While it runs, a
-SIGTERM to this process ends the block like Ctrl-C does, so the server is not left behind.
+SIGTERM to this process ends the block like Ctrl-C does, so the server is not left behind. A
+SIGKILL cannot be caught: the server runs under `rise_llm.parent_watch`, which ends its group
+when this process is gone. `OUT/.../server.pid` names the group while it runs, and the next
+start stops any server still left in it (one whose watcher was killed too).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import string
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -105,6 +110,11 @@ class ServedModel:
         self.engine: OpenAIEngine | None = None
         self._previous_handler: Any = None
 
+    @property
+    def pid_file(self) -> Path:
+        """Beside the log: the process group of the server while it runs (`stop_stale`)."""
+        return self.log.with_suffix(".pid")
+
     def __enter__(self) -> ServedModel:
         return self
 
@@ -127,13 +137,17 @@ class ServedModel:
         """Start the server and wait until it lists a model; stop it again on any failure."""
         port = free_port()
         argv = [part.format(model=self.model, port=port) for part in shlex.split(self.command)]
+        if shutil.which(argv[0]) is None:
+            raise RiseError(f"server.command: cannot run {argv[0]!r}: no such program")
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        stop_stale(self.pid_file)
         console.print(f"server: {shlex.join(argv)} (log: {self.log})", soft_wrap=True)
         self._catch_sigterm()
+        watched = [sys.executable, "-m", "rise_llm.parent_watch", str(os.getpid()), *argv]
         with self.log.open("ab") as log:
             try:
                 self.process = subprocess.Popen(
-                    argv,
+                    watched,  # ends with this process, even one killed by SIGKILL
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -142,6 +156,7 @@ class ServedModel:
             except OSError as e:
                 self._restore_sigterm()
                 raise RiseError(f"server.command: cannot run {argv[0]!r}: {e.strerror}") from None
+        self.pid_file.write_text(json.dumps({"group": self.process.pid, "argv": argv}) + "\n")
         base_url = f"http://127.0.0.1:{port}/v1"
         try:
             model_id = self._wait(base_url)
@@ -189,6 +204,7 @@ class ServedModel:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
             _signal_group(process, signal.SIGKILL)  # children that outlived the leader
+            self.pid_file.unlink(missing_ok=True)
             traffic = f"; {engine.stats.summary()}" if engine else ""
             console.print(f"server: stopped{traffic}", soft_wrap=True)
         self._restore_sigterm()
@@ -207,6 +223,34 @@ class ServedModel:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
+
+
+def stop_stale(pid_file: Path) -> None:
+    """Kill what is left of the server that `pid_file` names, if any process of its group still
+    runs one of its two command lines (the server's, or the watcher's around it): a server
+    whose watcher was killed too (by an OOM killer, say) must not hold the port and the memory
+    of the next one. A reused process id whose command differs is left alone."""
+    if not pid_file.exists():
+        return
+    try:
+        record = json.loads(pid_file.read_text())
+        group, argv = int(record["group"]), list(record["argv"])
+    except (ValueError, KeyError, TypeError):
+        pid_file.unlink()
+        return
+    ours = ("\0".join(argv), "rise_llm.parent_watch")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == group and any(c in command for c in ours):
+            console.print(f"server: stopping a server left by an earlier run (group {group})")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+            break
+    pid_file.unlink()
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
