@@ -1,7 +1,7 @@
 """`rise demo`: the whole method on the embedded default, end to end, on a CPU.
 
 Builds the toy model if it is missing (with retractions in its SFT, `TOY_RETRACTIONS`: lever 3
-of README "Self-correction"; its own turn curve stays flat), evaluates it on held-out `arith`
+of README "Self-correction"; its own turn curve does not rise), evaluates it on held-out `arith`
 problems with K=5, and from it runs two RISE iterations of each recipe: plain RISE (the
 reference recipe, configs/arith-toy.yaml) and RISE with the self-correction levers (the same run
 with the overrides in `LEVERS`). Both start from the same toy, so the difference between them is
