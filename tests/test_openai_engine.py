@@ -200,14 +200,34 @@ def test_malformed_requests_to_a_real_server_are_4xx_and_it_serves_on(servers):
         ({**good, "max_tokens": 10**9}, 400),
         ({**good, "temperature": -1}, 400),
         ({**good, "model": "no-such-model"}, 404),
-        (b"x" * (3 << 20), 413),  # refused from its Content-Length, unread
     ]
     for body, status in bad:
         answered, error = _post(url, body)
         assert answered == status, error
         assert set(error["error"]) == {"message", "type", "param", "code"}
+    # a body of 3 MiB announced, 1 KiB of it sent: refused from its Content-Length, unread
+    head, _, error = _announce(url, 3 << 20, b"x" * 1024).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"--max-body-bytes" in error
     answered, answer = _post(url, good)
     assert answered == 200 and answer["choices"][0]["message"]["content"]
+
+
+def _announce(url: str, length: int, part: bytes) -> bytes:
+    """The raw answer to a POST that announces a body of `length` bytes and sends only `part`."""
+    import socket
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {where.path} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection((where.hostname, where.port), timeout=30) as s:
+        s.sendall(head.encode() + part)
+        answer = b""
+        while not answer.endswith(b"}}") and (chunk := s.recv(65536)):
+            answer += chunk
+    return answer
 
 
 def _post(url: str, body: dict | bytes) -> tuple[int, dict]:
