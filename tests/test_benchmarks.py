@@ -213,3 +213,23 @@ def test_training_step_times_and_profiles_each_variant(tmp_path):
     shares = variants["float32"]["profile_self_share"]  # profiled: float32, bf16 with sdpa
     assert "aten::mm" in shares and 0 < sum(shares.values()) <= 1
     assert "profile_self_share" not in variants["bf16 no mask"]
+
+
+def test_serve_load_answers_every_request_of_concurrent_clients(tiny_model_dir, tmp_path):
+    record = run_benchmark(
+        "serve_load.py",
+        tmp_path / "serve_load.json",
+        *("--model", str(tiny_model_dir), "--clients", "4", "--seconds", "3"),
+    )
+    assert record["errors"] == 0 and record["errors_by_kind"] == {}
+    assert record["answered"] == record["requests"] >= 4  # at least one request per client
+    assert record["requests_per_s"] > 0 and record["completion_tokens_per_s"] > 0
+    assert 0 < record["latency_p50_s"] <= record["latency_p99_s"] <= record["latency_max_s"]
+    assert record["settings"] == {
+        "clients": 4,
+        "seconds": 3.0,
+        "max_tokens": 16,
+        "timeout": 300.0,
+        "host": "127.0.0.1",
+        "model": str(tiny_model_dir),
+    }

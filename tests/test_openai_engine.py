@@ -187,6 +187,63 @@ def test_rise_mode_returns_the_majority_choice_with_its_attempts(servers):
     )
 
 
+def test_malformed_requests_to_a_real_server_are_4xx_and_it_serves_on(servers):
+    clean, _ = servers
+    url = f"{clean.engine.base_url}/chat/completions"
+    good = {"model": clean.engine.model, "messages": conversations(1)[0], "max_tokens": 8}
+    bad = [
+        (b"{not json", 400),
+        ({**good, "messages": []}, 400),
+        ({**good, "messages": [{"role": "wizard", "content": "hi"}]}, 400),
+        ({**good, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400),
+        ({**good, "n": 10_000}, 400),
+        ({**good, "max_tokens": 10**9}, 400),
+        ({**good, "temperature": -1}, 400),
+        ({**good, "model": "no-such-model"}, 404),
+    ]
+    for body, status in bad:
+        answered, error = _post(url, body)
+        assert answered == status, error
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+    # a body of 3 MiB announced, 1 KiB of it sent: refused from its Content-Length, unread
+    head, _, error = _announce(url, 3 << 20, b"x" * 1024).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"--max-body-bytes" in error
+    answered, answer = _post(url, good)
+    assert answered == 200 and answer["choices"][0]["message"]["content"]
+
+
+def _announce(url: str, length: int, part: bytes) -> bytes:
+    """The raw answer to a POST that announces a body of `length` bytes and sends only `part`."""
+    import socket
+    import urllib.parse
+
+    where = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {where.path} HTTP/1.1\r\nHost: {where.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    with socket.create_connection((where.hostname, where.port), timeout=30) as s:
+        s.sendall(head.encode() + part)
+        answer = b""
+        while not answer.endswith(b"}}") and (chunk := s.recv(65536)):
+            answer += chunk
+    return answer
+
+
+def _post(url: str, body: dict | bytes) -> tuple[int, dict]:
+    """The status and JSON answer of a POST of `body` (bytes as given, else as JSON)."""
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
 def test_an_unknown_model_is_a_one_line_error(servers):
     clean, _ = servers
     engine = OpenAIEngine("no-such-model", clean.engine.base_url, OpenAIOptions(max_retries=0))

@@ -19,8 +19,16 @@ def turn_seed(seed: int, turn: int) -> int:
 
 
 def batch_seed(seed: int, batch: int) -> int:
-    """The torch seed of the `batch`-th batch of one engine call with sampling seed `seed`."""
-    return seed * BATCH_PRIME + batch
+    """The torch seed of the `batch`-th batch of one engine call with sampling seed `seed`.
+
+    Reduced modulo 2**64: torch takes seeds in [-2**63, 2**64) and wraps negative ones modulo
+    2**64, so this is the same generator state wherever torch accepted the product, and any
+    integer seed (a server request's, say) works.
+
+    >>> batch_seed(-1, 0) == 2**64 - BATCH_PRIME
+    True
+    """
+    return (seed * BATCH_PRIME + batch) % 2**64
 
 
 def request_seed(seed: int, conversation: int, round_: int, modulus: int) -> int:

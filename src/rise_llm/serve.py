@@ -12,21 +12,29 @@ followed by the task's retry message whatever its truth, the final answer chosen
 over the turns (`metrics.majority_answer`). The chosen attempt is the choice's message; all
 attempts come with it under `rise`. Test-time self-improvement as a service.
 
+Abuse is refused, never served with a 500 or a hang: invalid JSON, a missing or mistyped field,
+a role other than system/user/assistant, content that is not text, n, max_tokens or rise_turns
+beyond the server's limits, a prompt beyond the model's context get 400, an unknown model 404,
+a body over `max_body_bytes` 413 before it is read, each as an OpenAI error body whose `param`
+and message name the field. With an API key (`api_key`, `api_key_env`) every endpoint wants it
+as the bearer token; listening beyond loopback prints a warning.
+
 `load_app` builds the application and `listen` serves it, so a test can wrap the application
 first (tests/faulty_server.py adds injected faults to test clients).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
 from rise_llm.errors import RiseError, check_at_least, check_context_window, check_device
@@ -57,8 +65,14 @@ class ServeConfig:
         context_window: W in RISE mode (default min(2, K), as `rise evaluate`).
         max_n: most choices per answer; below a request's n it imitates a server that ignores
             n (for testing clients).
-        api_key_env: when set, requests must carry this environment variable's value as their
-            bearer token (401 otherwise); the key itself is never printed.
+        n_limit: a request asking for more choices than this is refused (400).
+        max_tokens_limit: a request's max_tokens above this is refused (400), as is a prompt
+            plus max_tokens beyond the model's context.
+        rise_turns_limit: a request's rise_turns above this is refused (400).
+        max_body_bytes: a request body larger than this is refused (413) without being read.
+        api_key: requests must carry this key as their bearer token (401 otherwise); never
+            printed, but visible to other users of this machine in `ps`: prefer api_key_env.
+        api_key_env: the environment variable holding the API key (instead of api_key).
         device: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
         dtype: "auto" (bfloat16 on a GPU that has it, else float32) or a dtype name.
         batch_size: most sequences the engine generates together.
@@ -74,6 +88,11 @@ class ServeConfig:
     rise_turns: int = 0
     context_window: int | None = None
     max_n: int = 128
+    n_limit: int = 128
+    max_tokens_limit: int = 4096
+    rise_turns_limit: int = 16
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -82,6 +101,18 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_at_least("serve", 0, rise_turns=self.rise_turns)
         check_at_least("serve", 1, max_n=self.max_n, batch_size=self.batch_size)
+        check_at_least(
+            "serve",
+            1,
+            n_limit=self.n_limit,
+            max_tokens_limit=self.max_tokens_limit,
+            rise_turns_limit=self.rise_turns_limit,
+            max_body_bytes=self.max_body_bytes,
+        )
+        if self.api_key is not None and self.api_key_env is not None:
+            raise RiseError("serve: give api_key or api_key_env, not both")
+        if self.api_key == "":
+            raise RiseError("serve: api_key is empty; give a key or leave it out")
         check_at_least("serve", 1, context_window=self.context_window)
         if self.rise_turns and self.context_window is not None:
             check_context_window("serve", self.context_window, self.rise_turns)
@@ -185,8 +216,11 @@ def rise_answers(
 
 
 class ChatMessage(BaseModel):
-    role: str
-    content: str
+    """One message of a request: text from a system, user or assistant."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str  # text only: content parts (images, audio, lists of parts) are refused
 
 
 class ChatRequest(BaseModel):
@@ -200,44 +234,197 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = None  # any integer: `seeds.batch_seed` reduces it for torch
     stop: str | list[str] | None = None
     rise_turns: int | None = Field(None, ge=0)  # an extension: RISE mode for this request
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None):
+_FIELDS = set(ChatRequest.model_fields) | set(ChatMessage.model_fields)
+
+
+class RequestError(Exception):
+    """A request this server refuses, answered with `status` and an OpenAI error body whose
+    `param` names the field at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | int | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.kind, self.code = kind, code
+
+    def response(self):
+        return _error(self.status, self.message, self.kind, param=self.param, code=self.code)
+
+
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+    code: str | int | None = None,
+):
+    """An error response in OpenAI's format; `code` is the status unless given."""
     from fastapi.responses import JSONResponse
 
-    body = {"error": {"message": message, "type": kind, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    error = {"message": message, "type": kind, "param": param, "code": code or status}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """A validation error's location as the field it names; pydantic's union-member tags
+    (`str`, `list[str]`) are dropped.
+
+    >>> field_path(("messages", 0, "content"))
+    'messages[0].content'
+    >>> field_path(("stop", "list[str]", 1))
+    'stop[1]'
+    """
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in _FIELDS:
+            path += f".{part}" if path else part
+    return path or "body"
+
+
+def _invalid(error: ValidationError) -> RequestError:
+    """The 400 naming each invalid field (the first three), its param the first of them."""
+    found: dict[str, str] = {}
+    for e in error.errors(include_url=False, include_input=False):
+        path = field_path(e["loc"])
+        message = e["msg"]
+        if path.endswith(".content") and e["type"] == "string_type":
+            message = "must be text (a string): content parts such as images are not served"
+        elif path == "stop" and e["type"] in ("string_type", "list_type"):
+            message = "must be a string or a list of strings"
+        found.setdefault(path, message)
+    listed = "; ".join(f"{path}: {message}" for path, message in list(found.items())[:3])
+    return RequestError(400, listed, param=next(iter(found)))
+
+
+async def read_request(request, limit: int) -> ChatRequest:
+    """The request body as a ChatRequest. A body over `limit` bytes is refused (413) as soon
+    as its Content-Length or its bytes so far say so, so it is never read whole; invalid
+    JSON, anything but an object, and invalid fields are refused (400)."""
+    too_large = RequestError(
+        413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
+        raise RequestError(400, f"the request body is not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise RequestError(
+            400, f"the request body must be a JSON object, not {type(data).__name__}"
+        )
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        raise _invalid(e) from None
+
+
+def check_limits(body: ChatRequest, config: ServeConfig) -> None:
+    """Refuse (400) a request asking for more than the server's limits allow."""
+    asked = {
+        "n": (body.n, config.n_limit, "--n-limit"),
+        "max_tokens": (body.max_tokens, config.max_tokens_limit, "--max-tokens-limit"),
+        "max_completion_tokens": (
+            body.max_completion_tokens,
+            config.max_tokens_limit,
+            "--max-tokens-limit",
+        ),
+        "rise_turns": (body.rise_turns, config.rise_turns_limit, "--rise-turns-limit"),
+    }
+    for name, (value, limit, flag) in asked.items():
+        if value is not None and value > limit:
+            raise RequestError(
+                400, f"{name}: {value} is above this server's limit of {limit} ({flag})", name
+            )
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    """Refuse (400) a prompt that, with the tokens to generate, exceeds the model's context."""
+    if context and prompt_tokens + max_new_tokens > context:
+        raise RequestError(
+            400,
+            f"messages: {prompt_tokens} tokens plus {max_new_tokens} to generate exceed "
+            f"this model's context of {context} tokens",
+            "messages",
+            code="context_length_exceeded",
+        )
 
 
 def create_app(engine, config: ServeConfig, task: Task):
-    """The FastAPI application serving `engine` (an HFEngine: it has a tokenizer)."""
-    from fastapi import FastAPI, Header
+    """The FastAPI application serving `engine` (an HFEngine: it has a tokenizer).
+
+    Every refusal and failure is an OpenAI error body: malformed requests 400 (413 for an
+    oversized body), a missing or wrong key 401, an unknown model or path 404, a bug 500.
+    """
+    from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     from rise_llm.chat import prompt_ids
 
-    app = FastAPI(title="rise serve")
+    app = FastAPI(title="rise serve", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()  # one request generates at a time: its samples depend on it alone
-    key = _api_key(config.api_key_env)
+    key = _api_key(config)
+    context = getattr(getattr(engine, "model", None), "config", None)
+    context = getattr(context, "max_position_embeddings", None)
+
+    @app.exception_handler(RequestError)
+    async def refused(request, error: RequestError):
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):  # an unknown path, a wrong method
+        return _error(error.status_code, str(error.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, error: Exception):  # a bug: logged, answered 500
+        return _error(500, f"internal error: {type(error).__name__}", "server_error")
+
+    @app.middleware("http")
+    async def authenticate(request, call_next):
+        given = request.headers.get("authorization", "")
+        if key is not None and not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return _error(401, "missing or wrong API key", "authentication_error")
+        return await call_next(request)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         card = {"id": config.name, "object": "model", "created": 0, "owned_by": "rise-llm"}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, authorization: str | None = Header(None)):
-        if key is not None and authorization != f"Bearer {key}":
-            return _error(401, "missing or wrong API key", "authentication_error")
+    async def chat(request):  # a plain Starlette route: the body is read and checked here
+        body = await read_request(request, config.max_body_bytes)
         if body.model != config.name:
-            return _error(
+            raise RequestError(
                 404,
                 f"model {body.model!r} not served; this server has {config.name!r}",
-                "not_found",
+                "model",
+                kind="not_found",
             )
+        check_limits(body, config)
         messages = [m.model_dump() for m in body.messages]
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         params = SamplingParams(
@@ -249,6 +436,8 @@ def create_app(engine, config: ServeConfig, task: Task):
             stop=tuple(stop),
             seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         )
+        prompt_tokens = len(prompt_ids(engine.tokenizer, messages))
+        check_context(prompt_tokens, params.max_new_tokens, context)
         n = min(body.n, config.max_n)
         turns = config.rise_turns if body.rise_turns is None else body.rise_turns
 
@@ -266,10 +455,9 @@ def create_app(engine, config: ServeConfig, task: Task):
         try:
             choices = await run_in_threadpool(generate)
         except RiseError as e:
-            return _error(400, str(e), "invalid_request_error")
-        prompt_tokens = len(prompt_ids(engine.tokenizer, messages))
+            raise RequestError(400, str(e)) from None
         completion_tokens = sum(c.pop("_tokens") for c in choices)
-        return {
+        answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -281,7 +469,9 @@ def create_app(engine, config: ServeConfig, task: Task):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        return JSONResponse(answer)
 
+    app.add_route("/v1/chat/completions", chat, methods=["POST"])
     return app
 
 
@@ -306,14 +496,15 @@ def _rise_choice(index: int, a: RiseAnswer) -> dict[str, Any]:
     }
 
 
-def _api_key(variable: str | None) -> str | None:
+def _api_key(config: ServeConfig) -> str | None:
+    """The key requests must carry: api_key, or the value of api_key_env (which must be set)."""
     import os
 
-    if variable is None:
-        return None
-    key = os.environ.get(variable)
+    if config.api_key_env is None:
+        return config.api_key
+    key = os.environ.get(config.api_key_env)
     if not key:
-        raise RiseError(f"serve: api_key_env names ${variable}, which is not set")
+        raise RiseError(f"serve: api_key_env names ${config.api_key_env}, which is not set")
     return key
 
 
@@ -347,7 +538,10 @@ def listen(app, config: ServeConfig, note: str = "") -> None:
     from rise_llm.progress import console
 
     if config.host not in LOOPBACK:
-        console.print(f"[yellow]rise serve: listening on {config.host}: reachable from the network")
+        unlocked = "" if config.api_key or config.api_key_env else ", and no API key is required"
+        console.print(
+            f"[yellow]rise serve: listening on {config.host}: reachable from the network{unlocked}"
+        )
     mode = f"RISE over {config.rise_turns} turns" if config.rise_turns else "plain sampling"
     console.print(
         f"rise serve: {config.name!r} on http://{config.host}:{config.port}/v1 ({mode}{note})",
