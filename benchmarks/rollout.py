@@ -48,6 +48,7 @@ class OneAtATimeEngine:
         n: int,
         params: SamplingParams,
         desc: str = "generate",
+        keys: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         config = GenerationConfig(
             do_sample=True,

@@ -45,7 +45,7 @@ class ScriptedEngine:
         self.script = script
         self.calls = []  # (problem ids, n, seed)
 
-    def generate(self, conversations, n, params, desc=""):
+    def generate(self, conversations, n, params, desc="", keys=None):
         ids, out = [], []
         for conv in conversations:
             pid = next(p.id for p in PROBLEMS if p.question == conv[0]["content"])
@@ -59,7 +59,7 @@ class ScriptedEngine:
 
 
 class RefusingEngine:
-    def generate(self, conversations, n, params, desc=""):
+    def generate(self, conversations, n, params, desc="", keys=None):
         raise AssertionError("this run should not sample")
 
 

@@ -33,7 +33,7 @@ class ScriptedEngine:
     def __init__(self):
         self.calls = []
 
-    def generate(self, conversations, n, params, desc=""):
+    def generate(self, conversations, n, params, desc="", keys=None):
         self.calls.append((len(conversations), n))
         out = []
         for conv in conversations:
@@ -141,7 +141,7 @@ class SlowLearner:
         self.answers = {p.question: (p.answer, i % 3) for i, p in enumerate(problems)}
         self.samples = 0
 
-    def generate(self, conversations, n, params, desc=""):
+    def generate(self, conversations, n, params, desc="", keys=None):
         out = []
         for conv in conversations:
             answer, wrong_turns = self.answers[conv[0]["content"]]

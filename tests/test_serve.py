@@ -25,7 +25,7 @@ class ScriptedEngine:
         self.script = script
         self.calls: list[list[list[dict]]] = []
 
-    def generate(self, conversations, n, params, desc="generate"):
+    def generate(self, conversations, n, params, desc="generate", keys=None):
         assert n == 1
         self.calls.append([list(c) for c in conversations])
         text = self.script[len(self.calls) - 1]

@@ -327,10 +327,9 @@ def run(
     start = time.perf_counter()
     for c in range(0, len(todo), config.chunk_size):
         chunk = todo[c : c + config.chunk_size]
-        # the seed depends on the chunk's first problem (its place in the unsharded list), so a
-        # resumed run samples as a fresh one and no two shards share a seed
-        chunk_params = params.with_seed(params.seed + problems.index(chunk[0]))
-        new = collect_chunk(learner, teacher or learner, task, chunk, config, chunk_params)
+        # every problem samples from its own streams (`seeds.problem_key`): a resumed run, a
+        # shard or another chunk size draws what one unsharded run draws
+        new = collect_chunk(learner, teacher or learner, task, chunk, config, params)
         if not (out / "config.json").exists():  # with the first episodes: see evaluate.run
             write_run_record(out, settings)
         write_jsonl(path, new, append=True)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from rise_llm.engines.base import Completion, Engine, SamplingParams
 from rise_llm.records import Episode, Message, Problem, Turn
-from rise_llm.seeds import turn_seed
+from rise_llm.seeds import problem_key, turn_seed
 from rise_llm.tasks.base import Task
 
 MODES = ("no_oracle", "oracle", "parallel")
@@ -74,7 +74,8 @@ def play_turns(
     """The one episode loop: collection, evaluation and `rise serve --rise-turns` all play it.
 
     Turn t of every running episode is one batched call of `sampler(t)`'s engine for its number
-    of samples, seeded `turn_seed(params.seed, t)`; the context shows the responses `step`
+    of samples, seeded `turn_seed(params.seed, t)`, each episode's samples keyed by its problem
+    (`seeds.problem_key`: the same draws in any batch, chunk or shard); the context shows the responses `step`
     returned for earlier turns, within `window`. Which completion an episode goes on from (one
     sample, best-of-N, a teacher's) and when it stops (oracle, a solved state) is `step`'s.
     """
@@ -86,7 +87,11 @@ def play_turns(
         convs = [context(prompt, problems[i], shown[i], window) for i in running]
         engine, n = sampler(t)
         outs = engine.generate(
-            convs, n=n, params=params.with_seed(turn_seed(params.seed, t)), desc=f"{desc} turn {t}"
+            convs,
+            n=n,
+            params=params.with_seed(turn_seed(params.seed, t)),
+            desc=f"{desc} turn {t}",
+            keys=[problem_key(problems[i].id) for i in running],
         )
         still_running = []
         for i, messages, completions in zip(running, convs, outs, strict=True):
@@ -141,7 +146,8 @@ def parallel_episodes(
 ) -> list[Episode]:
     """`samples` independent turn-1 attempts per problem, as one batched call (the baselines)."""
     convs = [task.prompt.first_messages(p) for p in problems]
-    outs = engine.generate(convs, n=samples, params=params, desc="parallel turn 1")
+    keys = [problem_key(p.id) for p in problems]
+    outs = engine.generate(convs, n=samples, params=params, desc="parallel turn 1", keys=keys)
     episodes = []
     for problem, messages, completions in zip(problems, convs, outs, strict=True):
         for k, completion in enumerate(completions):

@@ -1,12 +1,17 @@
 """How every derived seed is made from a run's seed: one function per derivation.
 
-The episode loops (evaluation, collection, serving) seed turn t with `turn_seed`; the Hugging
-Face engine seeds its b-th batch with `batch_seed`; the OpenAI engine seeds each request with
-`request_seed`. Distinct primes keep the streams of different turns, batches, conversations and
-fallback rounds apart. Changing any of these changes every sampled token of every run.
+The episode loops (evaluation, collection, serving) seed turn t with `turn_seed`. Within a
+turn, every conversation is named by a key (`problem_key`: its problem, whatever batch, chunk
+or shard it lands in), and the Hugging Face engine draws the k-th sample of conversation `key`
+from its own random stream, seeded `stream_seed(seed, key, k)`: a sample depends on (seed,
+problem, turn, sample index) alone, not on which samples share its batch. The OpenAI engine
+seeds each request with `request_seed`. Changing any of these changes every sampled token of
+every run.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 TURN_PRIME = 7919
 BATCH_PRIME = 1_000_003
@@ -18,21 +23,28 @@ def turn_seed(seed: int, turn: int) -> int:
     return seed + TURN_PRIME * turn
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """The torch seed of the `batch`-th batch of one engine call with sampling seed `seed`.
+def problem_key(problem_id: str) -> int:
+    """A problem's stream key: 63 bits of a hash of its id, the same in every process (unlike
+    Python's `hash`), shard and chunk."""
+    digest = hashlib.blake2b(problem_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    Reduced modulo 2**64: torch takes seeds in [-2**63, 2**64) and wraps negative ones modulo
-    2**64, so this is the same generator state wherever torch accepted the product, and any
-    integer seed (a server request's, say) works.
 
-    >>> batch_seed(-1, 0) == 2**64 - BATCH_PRIME
+def stream_seed(seed: int, key: int, sample: int) -> int:
+    """The torch seed of sample `sample` of the conversation keyed `key`, sampled with `seed`.
+
+    A hash of the three integers (any size or sign), so nearby seeds, keys and samples give
+    unrelated streams; 64 bits, what torch's generators take.
+
+    >>> stream_seed(0, 1, 2) == stream_seed(0, 1, 2) != stream_seed(0, 2, 1)
     True
     """
-    return (seed * BATCH_PRIME + batch) % 2**64
+    text = f"{seed}/{key}/{sample}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 def request_seed(seed: int, conversation: int, round_: int, modulus: int) -> int:
-    """The seed of one server request: distinct per conversation and per fallback round, so
-    samples asked again after a short answer are new draws, and a retried request draws the
-    same; reduced modulo what the server accepts."""
+    """The seed of one server request: distinct per conversation (its key) and per fallback
+    round, so samples asked again after a short answer are new draws, and a retried request
+    draws the same; reduced modulo what the server accepts."""
     return (seed * BATCH_PRIME + conversation * TURN_PRIME + round_ * ROUND_PRIME) % modulus

@@ -58,6 +58,12 @@ class Engine(Protocol):
         n: int,
         params: SamplingParams,
         desc: str = "generate",
+        keys: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """For each conversation, `n` sampled responses to its next assistant turn."""
+        """For each conversation, `n` sampled responses to its next assistant turn.
+
+        `keys` name the conversations' random streams (`seeds.problem_key` of their problems;
+        0, 1, ... without): sample k of conversation i is drawn from the stream of
+        (params.seed, keys[i], k), whatever else the call holds, where the engine can.
+        """
         ...

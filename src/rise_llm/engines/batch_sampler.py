@@ -3,18 +3,21 @@
 `BatchSampler.sample` takes token prompts (a batch `HFEngine` made: a conversation's n samples
 are adjacent rows) and returns their completions: the prompts prefilled once per distinct prompt
 in slices of rows, the cache chosen by `cache`, decoding by `generate` in rounds that drop
-finished rows (`compact_at`), stop strings and end-of-turn tokens cut out. It seeds nothing:
-`HFEngine` seeds torch's generator before each batch.
+finished rows (`compact_at`), stop strings and end-of-turn tokens cut out. Each row samples
+from its own random stream (`row_streams`), seeded by the caller: a row's tokens do not depend
+on the other rows, the batch size or the compaction.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
 from transformers import (
     GenerationConfig,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -22,7 +25,9 @@ from transformers.cache_utils import DynamicCache
 
 from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
+from rise_llm.engines.row_streams import row_stream_processors, stream_uniforms
 from rise_llm.errors import RiseError
+from rise_llm.seeds import stream_seed
 
 CACHES = ("auto", "shared", "preallocated", "static", "dynamic")
 PREFILL_TOKENS = 4096  # prompt tokens per slice of the prefill (see BatchSampler._prefill)
@@ -64,8 +69,8 @@ class BatchSampler:
             have finished (end of turn), decoding stops and goes on with the unfinished rows
             only, their cache compacted: finished rows are not computed until the longest
             sample ends. 0 never compacts (one `generate` call per batch, as with the other
-            caches). Sampling goes on from the same random stream, so samples differ from an
-            uncompacted run but are as reproducible from the seed.
+            caches). Each row goes on in its own random stream, so compaction changes no
+            draw (the logits can differ in their last bits: see `row_streams`).
 
     The preallocated caches of successive batches reuse the buffers of `arena`.
     """
@@ -85,10 +90,30 @@ class BatchSampler:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def sample(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        """One completion per prompt (token ids, unpadded), in order."""
+    def sample(
+        self, prompts: list[list[int]], params: SamplingParams, streams: list[int] | None = None
+    ) -> list[Completion]:
+        """One completion per prompt (token ids, unpadded), in order; prompt i samples from the
+        random stream seeded streams[i] (default `seeds.stream_seed(params.seed, 0, i)`)."""
         config = self._generation_config(params)
-        return self._decode(self._generate_batch(prompts, config, params), params.stop)
+        uniforms = None
+        if params.temperature > 0:
+            if streams is None:
+                streams = [stream_seed(params.seed, 0, i) for i in range(len(prompts))]
+            if len(streams) != len(prompts):
+                raise RiseError(f"{len(prompts)} prompts but {len(streams)} random streams")
+            uniforms = stream_uniforms(streams, params.max_new_tokens, self.device)
+        new_tokens = self._generate_batch(prompts, config, params, uniforms)
+        return self._decode(new_tokens, params.stop)
+
+    def _processors(
+        self, params: SamplingParams, uniforms: torch.Tensor | None, rows: Sequence[int], step: int
+    ) -> LogitsProcessorList:
+        """The logits processors of a `generate` call over batch rows `rows` from `step` on."""
+        if uniforms is None:  # greedy
+            return LogitsProcessorList()
+        rows_at = torch.tensor(rows, device=uniforms.device)
+        return row_stream_processors(params.temperature, params.top_p, uniforms, rows_at, step)
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
@@ -98,12 +123,9 @@ class BatchSampler:
         return ids
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
-        sample = params.temperature > 0
+        """Greedy decoding: sampling is the rows' streams, a logits processor (`_processors`)."""
         return GenerationConfig(
-            do_sample=sample,
-            temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None,
-            top_k=0 if sample else None,
+            do_sample=False,
             max_new_tokens=params.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self._eos_ids()),
@@ -112,7 +134,11 @@ class BatchSampler:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[list[int]], config: GenerationConfig, params: SamplingParams
+        self,
+        prompts: list[list[int]],
+        config: GenerationConfig,
+        params: SamplingParams,
+        uniforms: torch.Tensor | None,
     ) -> list[list[int]]:
         """The new tokens of each prompt's row (EOS and what follows included)."""
         width = max(len(p) for p in prompts)
@@ -139,10 +165,11 @@ class BatchSampler:
                     attention_mask=mask,
                     generation_config=config,
                     past_key_values=cache,
+                    logits_processor=self._processors(params, uniforms, range(len(prompts)), 0),
                     tokenizer=self.tokenizer if params.stop else None,
                 )
                 return out[:, width:].tolist()
-            return self._generate_compacting(input_ids, mask, cache, config, params)
+            return self._generate_compacting(input_ids, mask, cache, config, params, uniforms)
 
     def _generate_compacting(
         self,
@@ -151,6 +178,7 @@ class BatchSampler:
         cache: DynamicCache,
         config: GenerationConfig,
         params: SamplingParams,
+        uniforms: torch.Tensor | None,
     ) -> list[list[int]]:
         """`generate` in rounds that drop finished rows: each round ends once `compact_at` of
         its rows have finished; the others go on from the cache, compacted to their rows."""
@@ -165,6 +193,9 @@ class BatchSampler:
                 attention_mask=mask,
                 generation_config=round_config,
                 past_key_values=cache,
+                logits_processor=self._processors(
+                    params, uniforms, rows, config.max_new_tokens - left
+                ),
                 stopping_criteria=StoppingCriteriaList([RowsFinished(eos, self.compact_at)]),
                 tokenizer=self.tokenizer if params.stop else None,
             )

@@ -22,7 +22,7 @@ from rise_llm.errors import RiseError
 from rise_llm.models import load_model_and_tokenizer
 from rise_llm.progress import progress_bar
 from rise_llm.records import Message
-from rise_llm.seeds import batch_seed
+from rise_llm.seeds import stream_seed
 
 
 class HFEngine:
@@ -37,8 +37,11 @@ class HFEngine:
         cache, compact_at: how each batch is sampled (`BatchSampler`: the KV cache kind, and
             the share of finished rows after which decoding goes on without them).
 
-    One `generate` call at a time per model: a call seeds torch's global generator and, for
-    the shared cache, switches the model's attention function until it returns.
+    Sample k of conversation i is drawn from the random stream `seeds.stream_seed(params.seed,
+    keys[i], k)`, so it is the same whichever conversations share the call and however they
+    are batched (see `row_streams` for the float caveat). One `generate` call at a time per
+    model: for the shared cache, a call switches the model's attention function until it
+    returns.
     """
 
     def __init__(
@@ -97,9 +100,13 @@ class HFEngine:
         n: int,
         params: SamplingParams,
         desc: str = "generate",
+        keys: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if n < 1:
             raise RiseError(f"n must be at least 1, got {n}")
+        keys = range(len(conversations)) if keys is None else keys
+        if len(keys) != len(conversations):
+            raise RiseError(f"{len(conversations)} conversations but {len(keys)} stream keys")
         prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
         jobs = [(c, k) for c in range(len(prompts)) for k in range(n)]
         lengths = [len(prompts[c]) for c, _ in jobs]
@@ -107,9 +114,11 @@ class HFEngine:
         done_tokens, start = 0, time.perf_counter()
         with progress_bar() as bar:
             task = bar.add_task(desc, total=len(jobs), rate="")
-            for b, batch in enumerate(self._batches(lengths, params.max_new_tokens)):
-                torch.manual_seed(batch_seed(params.seed, b))
-                completions = self.sampler.sample([prompts[jobs[j][0]] for j in batch], params)
+            for batch in self._batches(lengths, params.max_new_tokens):
+                streams = [stream_seed(params.seed, keys[jobs[j][0]], jobs[j][1]) for j in batch]
+                completions = self.sampler.sample(
+                    [prompts[jobs[j][0]] for j in batch], params, streams
+                )
                 for j, completion in zip(batch, completions, strict=True):
                     c, k = jobs[j]
                     results[c][k] = completion

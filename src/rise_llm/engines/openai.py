@@ -165,12 +165,16 @@ class OpenAIEngine:
         n: int,
         params: SamplingParams,
         desc: str = "generate",
+        keys: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if n < 1:
             raise RiseError(f"n must be at least 1, got {n}")
         if not conversations:
             return []
-        work = self._generate_all(conversations, n, params, desc)
+        keys = range(len(conversations)) if keys is None else keys
+        if len(keys) != len(conversations):
+            raise RiseError(f"{len(conversations)} conversations but {len(keys)} stream keys")
+        work = self._generate_all(conversations, n, params, desc, keys)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -179,7 +183,12 @@ class OpenAIEngine:
             return pool.submit(asyncio.run, work).result()
 
     async def _generate_all(
-        self, conversations: Sequence[Sequence[Message]], n: int, params: SamplingParams, desc: str
+        self,
+        conversations: Sequence[Sequence[Message]],
+        n: int,
+        params: SamplingParams,
+        desc: str,
+        keys: Sequence[int],
     ) -> list[list[Completion]]:
         results: list[list[Completion]] = [[] for _ in conversations]
         gate = asyncio.Semaphore(self.options.max_concurrency)
@@ -191,7 +200,7 @@ class OpenAIEngine:
                 async def one(i: int) -> None:
                     nonlocal tokens
                     async with gate:
-                        results[i] = await self._samples(client, conversations[i], i, n, params)
+                        results[i] = await self._samples(client, conversations[i], keys[i], n, params)
                     tokens += sum(c.num_tokens for c in results[i])
                     rate = tokens / max(time.perf_counter() - start, 1e-9)
                     bar.update(
@@ -212,7 +221,7 @@ class OpenAIEngine:
         self,
         client: openai.AsyncOpenAI,
         messages: Sequence[Message],
-        index: int,
+        key: int,
         n: int,
         params: SamplingParams,
     ) -> list[Completion]:
@@ -228,7 +237,7 @@ class OpenAIEngine:
                 "temperature": params.temperature,
                 "top_p": params.top_p,
                 "max_tokens": params.max_new_tokens,
-                "seed": request_seed(params.seed, index, round_),
+                "seed": request_seed(params.seed, key, round_),
             }
             if params.stop:
                 request["stop"] = list(params.stop)

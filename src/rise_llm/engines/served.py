@@ -127,11 +127,12 @@ class ServedModel:
         n: int,
         params: SamplingParams,
         desc: str = "generate",
+        keys: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if self.engine is None:
             self.start()
         assert self.engine is not None
-        return self.engine.generate(conversations, n, params, desc)
+        return self.engine.generate(conversations, n, params, desc, keys)
 
     def start(self) -> None:
         """Start the server and wait until it lists a model; stop it again on any failure."""
