@@ -164,3 +164,33 @@ def test_preallocated_cache_gives_the_same_tokens(exact_engine):
     assert texts("shared", sampled) == texts("dynamic", sampled)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
     assert texts("preallocated", greedy) == texts("static", greedy)
+
+
+def test_a_sample_is_the_same_whatever_shares_its_batch(exact_engine):
+    """Sample k of a conversation is drawn from the stream of (seed, key, k) alone: the same in
+    batches of any size, compacted or not, beside other conversations or alone, in any order."""
+    model, tokenizer = exact_engine.model, exact_engine.tokenizer
+    keys = [101, 202, 303]
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=24, seed=7)
+
+    def texts(engine: HFEngine, convs, keys) -> list[list[str]]:
+        return [[c.text for c in s] for s in engine.generate(convs, 4, params, keys=keys)]
+
+    reference = texts(HFEngine(model, tokenizer, batch_size=512), CONVS, keys)
+    assert all(len(set(samples)) > 1 for samples in reference)  # k draws from stream k
+    for batch_size, compact_at in [(1, 0.5), (3, 0.5), (5, 0.0), (512, 0.0)]:
+        engine = HFEngine(model, tokenizer, batch_size=batch_size, compact_at=compact_at)
+        assert texts(engine, CONVS, keys) == reference, (batch_size, compact_at)
+    engine = HFEngine(model, tokenizer)
+    assert texts(engine, CONVS[::-1], keys[::-1]) == reference[::-1]
+    for conv, key, samples in zip(CONVS, keys, reference, strict=True):
+        assert texts(engine, [conv], [key]) == [samples]
+    # another key, seed or turn is another stream
+    assert texts(engine, CONVS, [1, 2, 3]) != reference
+    other = engine.generate(CONVS, 4, params.with_seed(8), keys=keys)
+    assert [[c.text for c in s] for s in other] != reference
+
+
+def test_stream_keys_must_match_the_conversations(tiny_engine):
+    with pytest.raises(RiseError, match="3 conversations but 2 stream keys"):
+        tiny_engine.generate(CONVS, 1, SamplingParams(max_new_tokens=4), keys=[1, 2])

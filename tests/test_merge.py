@@ -67,7 +67,7 @@ def test_shards_partition_the_problems(n):
 
 
 def _collect(tiny_engine, out, **kw):
-    settings = dict(model="tiny", out=str(out), limit=LIMIT, samples=2, chunk_size=2, **kw)
+    settings = dict(model="tiny", out=str(out), limit=LIMIT, samples=2) | {"chunk_size": 2, **kw}
     return collect.run(CollectConfig(**settings, max_new_tokens=16), learner=tiny_engine)
 
 
@@ -106,6 +106,18 @@ def test_shards_merge_into_every_problem_exactly_once(shards, tmp_path, tiny_eng
     from_merged = build(BuildDataConfig(episodes=[str(out)], out=str(tmp_path / "b")))
     assert from_shards == from_merged
     assert {ex.problem_id for ex in from_merged} == set(order)
+
+
+def test_merged_shards_are_the_unsharded_collection(exact_engine, tmp_path):
+    """Every problem samples from its own streams: three shards merged hold exactly the episodes
+    of one unsharded run, whose chunks (of 2, or of 5 here) group the problems otherwise."""
+    parts = [_collect(exact_engine, tmp_path / f"s{i}", shard=f"{i}/3") for i in range(3)]
+    merged = _merge([tmp_path / f"s{i}" for i in range(3)], tmp_path)
+    whole = _collect(exact_engine, tmp_path / "whole", chunk_size=5)
+    assert merged == whole
+    assert sorted(ep.problem_id for part in parts for ep in part) == sorted(
+        ep.problem_id for ep in whole
+    )
 
 
 def test_a_shard_resumes_and_refuses_another_shard_spec(shards, tiny_engine):
