@@ -1,0 +1,113 @@
+"""Batch invariance: one collection sampled at engine batch 64, at batch 512, and as 3 shards.
+
+Every sample draws from its own random stream (`seeds.stream_seed` of seed, problem, turn and
+sample index), so the three must agree; what can still differ is the float rounding of the
+logits between batch shapes, which changes a draw only when its uniform falls within that
+rounding of a boundary of the cumulative distribution. This counts, against batch 512: the
+samples whose context was the same but whose response differs (a flip; what follows a flip in
+its episode is not counted again), per million generated tokens. The toy in float32, as
+`rise collect` runs it (`collect.collect_chunk`, T=2, N=16, temperature 1.0).
+
+    python benchmarks/batch_invariance.py             # 256 problems
+"""
+
+from __future__ import annotations
+
+import time
+
+import harness
+
+from rise_llm.collect import collect_chunk, shard_problems
+from rise_llm.engines.hf import HFEngine
+
+
+def collect(model, tokenizer, batch_size, collection, problems):
+    engine = HFEngine(model, tokenizer, batch_size=batch_size)
+    _, _, _, task, _, config, params = collection
+    return collect_chunk(engine, engine, task, problems, config, params)
+
+
+def compare(reference, other) -> dict[str, int]:
+    """Samples and tokens of `reference`; samples of `other` that differ at an equal context."""
+    by_id = {ep.problem_id: ep for ep in other}
+    counts = {"samples": 0, "tokens": 0, "compared": 0, "flips": 0, "flipped_tokens": 0}
+    for ep in reference:
+        theirs = {t.index: t for t in by_id[ep.problem_id].turns}
+        for turn in ep.turns:
+            counts["samples"] += len(turn.attempts)
+            counts["tokens"] += sum(a.num_tokens for a in turn.attempts)
+            twin = theirs.get(turn.index)
+            if twin is None or twin.messages != turn.messages:
+                continue  # downstream of a flip at an earlier turn
+            for a, b in zip(turn.attempts, twin.attempts, strict=True):
+                counts["compared"] += 1
+                if a.response != b.response:
+                    counts["flips"] += 1
+                    counts["flipped_tokens"] += a.num_tokens
+    return counts
+
+
+def main() -> None:
+    p = harness.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--problems", type=int, default=256)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--turns", type=int, default=2)
+    p.add_argument("--shards", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    harness.setup(args)
+    collection = harness.toy_collection(args, args.turns)
+    model, tokenizer, problems = collection.model, collection.tokenizer, collection.problems
+
+    start = time.perf_counter()
+    reference = collect(model, tokenizer, 512, collection, problems)
+    seconds = {"batch 512": round(time.perf_counter() - start, 1)}
+    runs = {}
+    start = time.perf_counter()
+    runs["batch 64"] = collect(model, tokenizer, 64, collection, problems)
+    seconds["batch 64"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    sharded = []
+    for i in range(args.shards):
+        part = shard_problems(problems, f"{i}/{args.shards}")
+        sharded += collect(model, tokenizer, 512, collection, part)
+    runs[f"{args.shards} shards, batch 512"] = sharded
+    seconds[f"{args.shards} shards"] = round(time.perf_counter() - start, 1)
+
+    results = {name: compare(reference, episodes) for name, episodes in runs.items()}
+    rows = []
+    for name, c in results.items():
+        c["flips_per_million_tokens"] = round(1e6 * c["flips"] / c["tokens"], 1)
+        rows.append(
+            [f"{name} vs batch 512"]
+            + [c[k] for k in ("samples", "tokens", "compared", "flips")]
+            + [c["flips_per_million_tokens"]]
+        )
+    harness.print_table(
+        f"Batch invariance (T={args.turns}, N={args.samples}, {args.problems} problems, "
+        f"float32) on {collection.model_dir}",
+        ["collection", "samples", "tokens", "compared", "differing", "per M tokens"],
+        rows,
+    )
+    harness.write_result(
+        "batch_invariance",
+        args,
+        {
+            "model": collection.model_dir,
+            "settings": {
+                "turns": args.turns,
+                "samples": args.samples,
+                "problems": args.problems,
+                "max_new_tokens": collection.params.max_new_tokens,
+                "seed": args.seed,
+                "dtype": "float32",
+            },
+            "seconds": seconds,
+            "against_batch_512": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
