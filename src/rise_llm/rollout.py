@@ -75,9 +75,10 @@ def play_turns(
 
     Turn t of every running episode is one batched call of `sampler(t)`'s engine for its number
     of samples, seeded `turn_seed(params.seed, t)`, each episode's samples keyed by its problem
-    (`seeds.problem_key`: the same draws in any batch, chunk or shard); the context shows the responses `step`
-    returned for earlier turns, within `window`. Which completion an episode goes on from (one
-    sample, best-of-N, a teacher's) and when it stops (oracle, a solved state) is `step`'s.
+    (`seeds.problem_key`: the same draws in any batch, chunk or shard); the context shows the
+    responses `step` returned for earlier turns, within `window`. Which completion an episode
+    goes on from (one sample, best-of-N, a teacher's) and when it stops (oracle, a solved
+    state) is `step`'s.
     """
     shown: list[list[str]] = [[] for _ in problems]
     running = list(range(len(problems)))

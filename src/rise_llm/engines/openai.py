@@ -200,7 +200,9 @@ class OpenAIEngine:
                 async def one(i: int) -> None:
                     nonlocal tokens
                     async with gate:
-                        results[i] = await self._samples(client, conversations[i], keys[i], n, params)
+                        results[i] = await self._samples(
+                            client, conversations[i], keys[i], n, params
+                        )
                     tokens += sum(c.num_tokens for c in results[i])
                     rate = tokens / max(time.perf_counter() - start, 1e-9)
                     bar.update(
