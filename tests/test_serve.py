@@ -320,7 +320,7 @@ def test_unknown_paths_and_methods_are_openai_errors(client, method, path, statu
 
 
 def test_a_good_request_with_any_seed_is_answered(client):
-    for seed in (None, -1, 2**80):  # seeds.batch_seed reduces every seed for torch
+    for seed in (None, -1, 2**80):  # seeds.stream_seed hashes every seed for torch
         response = client.post("/v1/chat/completions", json=request(seed=seed, n=2))
         assert response.status_code == 200, response.text
         body = response.json()

@@ -234,7 +234,7 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None  # any integer: `seeds.batch_seed` reduces it for torch
+    seed: int | None = None  # any integer: `seeds.stream_seed` hashes it for torch
     stop: str | list[str] | None = None
     rise_turns: int | None = Field(None, ge=0)  # an extension: RISE mode for this request
 
