@@ -136,6 +136,23 @@ def test_build_writes_data_readable_as_training_examples(tmp_path):
     assert (tmp_path / "d" / "config.json").exists()
 
 
+def test_build_again_keeps_finished_data_and_rebuilds_changed_data(tmp_path):
+    """A rerun (a resumed `rise run`) does not rewrite finished data; a collection that grew
+    or other settings do."""
+    src = write_collection(tmp_path / "c", [episode("p1")])
+    config = BuildDataConfig(episodes=[str(src)], out=str(tmp_path / "d"))
+    first = build(config)
+    files = (tmp_path / "d" / DATA, tmp_path / "d" / "config.json")
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert build(config) == first
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    write_collection(src, [episode("p1"), episode("p2", answers=[("2", 1)])])
+    assert len(build(config)) == 3
+    assert len(read_jsonl(files[0], TrainingExample)) == 3
+    build(BuildDataConfig(episodes=[str(src)], out=str(tmp_path / "d"), tau=1.0))
+    assert read_jsonl(files[0], TrainingExample)[1].weight == pytest.approx(math.e)
+
+
 def test_build_dedupe_removes_exact_duplicate_conversations(tmp_path):
     # p1-again repeats p1's two conversations and p3's one is p1's turn 1
     eps = [episode("p1"), episode("p1-again"), episode("p3", answers=[("3", 0)])]

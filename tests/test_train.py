@@ -22,6 +22,7 @@ from rise_llm.train import (
     ExampleDataset,
     PadCollator,
     TrainConfig,
+    last_checkpoint,
     run,
     training_arguments,
     weighted_nll,
@@ -131,6 +132,46 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path, tiny_model_di
     config.lr = 2e-2
     with pytest.raises(RiseError, match="different settings"):
         run(config)
+
+
+def test_the_last_checkpoint_is_the_newest_the_trainer_finished_saving(tmp_path):
+    """The Trainer writes trainer_state.json last: a checkpoint without a readable one was cut
+    short by a kill, and is removed rather than resumed from."""
+    for step, state in [(2, '{"global_step": 2}'), (3, None), (10, '{"global_st'), (12, "")]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-notes").mkdir()  # not a checkpoint: left alone
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-notes"]
+    assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_training_killed_while_saving_its_checkpoint_resumes(tmp_path, tiny_model_dir):
+    """A rerun after a kill in the middle of saving the only checkpoint trains again from the
+    start (the Trainer itself would fail to resume from it, on every rerun)."""
+    out = _train(tmp_path, tiny_model_dir, weight=12.18, save_steps=2)
+    trained = load_file(out / "model.safetensors")
+    checkpoint = tmp_path / "train" / "checkpoints" / "checkpoint-3"
+    (checkpoint / "trainer_state.json").unlink()  # killed before the Trainer wrote it
+    (checkpoint / "optimizer.pt").write_bytes(b"torn")
+    shutil.rmtree(out)
+    (tmp_path / "train" / "train.json").unlink()
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        data=[str(tmp_path / "data")],
+        out=str(tmp_path / "train"),
+        lr=1e-2,
+        max_steps=3,
+        batch_size=2,
+        device="cpu",
+        save_steps=2,
+    )
+    resumed = load_file(run(config) / "model.safetensors")
+    assert all(torch.equal(trained[k], resumed[k]) for k in trained)
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 3
 
 
 def test_dataset_marks_only_the_last_turn_and_collates(tiny_engine):

@@ -36,8 +36,9 @@ from rich.table import Table
 
 from rise_llm.errors import RiseError
 from rise_llm.merge import read_collections
-from rise_llm.provenance import check_out, write_run_record
-from rise_llm.records import KEEP, CollectedEpisode, TrainingExample, write_jsonl
+from rise_llm.progress import console
+from rise_llm.provenance import check_out, read_run_config, write_run_record
+from rise_llm.records import KEEP, CollectedEpisode, TrainingExample, jsonl_text, write_atomic
 from rise_llm.report import stdout
 
 CRITERIA = ("all", "better", "best", "success")
@@ -156,7 +157,11 @@ def cap_keep_states(examples: list[TrainingExample], ratio: float) -> list[Train
 
 
 def build(config: BuildDataConfig) -> list[TrainingExample]:
-    """Build `out/data.jsonl` from the collections and print a summary."""
+    """Build `out/data.jsonl` from the collections and print a summary.
+
+    A folder that already holds this data from these settings is not written again, so a rerun
+    leaves it (and its timestamps) as it was; other collections or settings rebuild it.
+    """
     check_out(config.out, "build-data")
     episodes = read_collections(config.episodes)
     examples = [
@@ -181,9 +186,15 @@ def build(config: BuildDataConfig) -> list[TrainingExample]:
             f"build-data: criteria {config.criteria!r} kept no example from {len(episodes)} "
             "episodes; try criteria 'all' or collect more problems"
         )
-    out = Path(config.out)
-    write_run_record(out, {k: v for k, v in vars(config).items() if k != "out"})
-    write_jsonl(out / DATA, examples)
+    out, path = Path(config.out), Path(config.out) / DATA
+    settings = {k: v for k, v in vars(config).items() if k != "out"}
+    text = jsonl_text(examples)
+    if read_run_config(out) == settings and path.exists() and path.read_text("utf-8") == text:
+        # a rerun (a resumed `rise run`) leaves finished data as it is, timestamps included
+        console.print(f"build-data: {path} already holds this data, kept")
+    else:
+        write_run_record(out, settings)
+        write_atomic(path, text)
     stdout.print(data_table(examples, len(episodes), removed))
     return examples
 

@@ -201,7 +201,7 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
     or a kill leaves the old file or none, never a short one; an appended batch cut short is
     a torn last line, which `read_jsonl_for_resume` drops.
     """
-    lines = "".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records)
+    lines = jsonl_text(records)
     if not append:
         write_atomic(path, lines)
         return
@@ -209,6 +209,11 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
         f.write(lines)
         f.flush()
         os.fsync(f.fileno())
+
+
+def jsonl_text(records: Iterable[Any]) -> str:
+    """Records as the JSON Lines text `write_jsonl` stores, one record a line."""
+    return "".join(json.dumps(to_json(r), ensure_ascii=False) + "\n" for r in records)
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from rise_llm.chat import IGNORE_INDEX, EncodedConversation, encode_conversation, right_pad
@@ -400,6 +402,28 @@ def _save_model(trainer: Trainer, config: TrainConfig, folder: Path, dtype: torc
         PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(folder)
 
 
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint in `folder` that the Trainer finished saving, or None.
+
+    The Trainer writes a checkpoint's trainer_state.json last (`Trainer._save_checkpoint`), so
+    one without a readable state was cut short by a kill; the Trainer would fail to resume from
+    it on every rerun, so it is removed and the checkpoint before it is used.
+    """
+    steps = {
+        int(path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")): path
+        for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()
+    }
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / TRAINER_STATE_NAME).read_text())
+            return str(steps[step])
+        except (OSError, ValueError):
+            console.print(f"train: {steps[step]} was cut short (no trainer state); removed")
+            shutil.rmtree(steps[step], ignore_errors=True)  # every process of a launch may try
+    return None
+
+
 def run(config: TrainConfig) -> Path:
     """Train and save the model to out/model; returns that folder. Resumes from checkpoints."""
     out = Path(config.out)
@@ -444,8 +468,7 @@ def run(config: TrainConfig) -> Path:
         train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
     )
-    checkpoints = out / "checkpoints"
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_checkpoint(out / "checkpoints")
     if resume:
         console.print(f"train: resuming from {resume}")
     start = time.perf_counter()
