@@ -6,7 +6,8 @@ logits between batch shapes, which changes a draw only when its uniform falls wi
 rounding of a boundary of the cumulative distribution. This counts, against batch 512: the
 samples whose context was the same but whose response differs (a flip; what follows a flip in
 its episode is not counted again), per million generated tokens. The toy in float32, as
-`rise collect` runs it (`collect.collect_chunk`, T=2, N=16, temperature 1.0).
+`rise collect` runs it (`collect.collect_chunk`, T=2, N=16, temperature 1.0). Last, what the
+draw itself costs per decoding step against transformers' multinomial.
 
     python benchmarks/batch_invariance.py             # 256 problems
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 import time
 
 import harness
+import torch
 
 from rise_llm.collect import collect_chunk, shard_problems
 from rise_llm.engines.hf import HFEngine
+from rise_llm.engines.row_streams import row_stream_processors, stream_uniforms
 
 
 def collect(model, tokenizer, batch_size, collection, problems):
@@ -45,6 +48,32 @@ def compare(reference, other) -> dict[str, int]:
                     counts["flips"] += 1
                     counts["flipped_tokens"] += a.num_tokens
     return counts
+
+
+def sampling_cost(rows: int, vocab: int, steps: int, repeats: int = 300) -> dict[str, float]:
+    """Microseconds per decoding step of the token draw alone, on (rows, vocab) float32 scores:
+    transformers' softmax + multinomial on the global generator against the row streams'
+    processor + greedy argmax, timed in alternation in this process; and the milliseconds to
+    draw a batch's uniforms (`stream_uniforms`, once per batch of `steps` new tokens)."""
+    scores = torch.randn(rows, vocab)
+    uniforms = stream_uniforms(list(range(rows)), repeats + 1, torch.device("cpu"))
+    processors = row_stream_processors(1.0, 1.0, uniforms, torch.arange(rows), 0)
+    ids = torch.zeros(rows, 1, dtype=torch.long)
+    ours = theirs = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+        theirs += time.perf_counter() - start
+        start = time.perf_counter()
+        processors(ids, scores.clone()).argmax(-1)
+        ours += time.perf_counter() - start
+    start = time.perf_counter()
+    stream_uniforms(list(range(rows)), steps, torch.device("cpu"))
+    return {
+        "multinomial_us_per_step": round(1e6 * theirs / repeats, 1),
+        "row_streams_us_per_step": round(1e6 * ours / repeats, 1),
+        "uniforms_ms_per_batch": round(1e3 * (time.perf_counter() - start), 2),
+    }
 
 
 def main() -> None:
@@ -90,6 +119,14 @@ def main() -> None:
         ["collection", "samples", "tokens", "compared", "differing", "per M tokens"],
         rows,
     )
+    vocab = model.get_output_embeddings().weight.shape[0]
+    steps = collection.params.max_new_tokens
+    cost = {rows: sampling_cost(rows, vocab, steps) for rows in (64, 512)}
+    harness.print_table(
+        f"The token draw alone, per decoding step (vocabulary {vocab}, {steps} new tokens)",
+        ["rows", "multinomial us", "row streams us", "uniforms ms per batch"],
+        [[rows, *c.values()] for rows, c in cost.items()],
+    )
     harness.write_result(
         "batch_invariance",
         args,
@@ -105,6 +142,7 @@ def main() -> None:
             },
             "seconds": seconds,
             "against_batch_512": results,
+            "draw_cost": {str(rows): c for rows, c in cost.items()},
         },
     )
 
