@@ -82,8 +82,12 @@ def test_batches_respect_both_caps(tiny_engine):
 def test_bad_requests_are_rejected(tiny_engine):
     with pytest.raises(RiseError, match="n must be at least 1"):
         tiny_engine.generate(CONVS, n=0, params=SamplingParams())
-    with pytest.raises(RiseError, match="top_p"):
+    with pytest.raises(RiseError, match=r"sampling: top_p must be in \(0, 1\]"):
         SamplingParams(top_p=0)
+    with pytest.raises(RiseError, match=r"sampling: temperature must be 0 \(greedy\) or more"):
+        SamplingParams(temperature=-0.5)
+    with pytest.raises(RiseError, match="sampling: max_new_tokens must be at least 1"):
+        SamplingParams(max_new_tokens=0)
     with pytest.raises(RiseError, match="does not exist"):
         HFEngine.load("./no/such/model")
 

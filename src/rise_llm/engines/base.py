@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from rise_llm.errors import RiseError
+from rise_llm.errors import check_sampling
 from rise_llm.records import Message
 
 BATCH_SIZE = 512
@@ -29,12 +29,7 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise RiseError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise RiseError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise RiseError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        check_sampling("sampling", self.temperature, self.top_p, self.max_new_tokens)
 
     def with_seed(self, seed: int) -> SamplingParams:
         return replace(self, seed=seed)
