@@ -120,6 +120,22 @@ def test_merged_shards_are_the_unsharded_collection(exact_engine, tmp_path):
     )
 
 
+def test_a_collection_resumed_with_another_batch_size_draws_the_same(exact_engine, tmp_path):
+    """Cut short after its first chunk, a collection resumed with engine batches of 3 (not 16)
+    ends with the episodes of an uninterrupted run."""
+    from rise_llm.engines.hf import HFEngine
+
+    def run(out, batch_size):
+        engine = HFEngine(exact_engine.model, exact_engine.tokenizer, batch_size=batch_size)
+        return _collect(engine, out, batch_size=batch_size)
+
+    whole = run(tmp_path / "whole", 16)
+    path = tmp_path / "cut" / collect.EPISODES
+    run(tmp_path / "cut", 16)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    assert run(tmp_path / "cut", 3) == whole
+
+
 def test_a_shard_resumes_and_refuses_another_shard_spec(shards, tiny_engine):
     path = shards[0] / collect.EPISODES
     first = read_jsonl(path, CollectedEpisode)

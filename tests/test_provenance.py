@@ -47,3 +47,15 @@ def test_settings_added_later_resume_at_their_default(tmp_path):
         )
     with pytest.raises(RiseError, match=r"different settings \(selection\)"):
         check_settings(tmp_path, now, "a collection")  # without the defaults, a change
+
+
+def test_free_fields_may_change_and_others_still_count(tmp_path):
+    """The engine's batch size changes no sample, so a resume may change it; not the rest."""
+    write_run_record(tmp_path, {"batch_size": 512, "samples": 16})
+    assert check_settings(
+        tmp_path, {"batch_size": 64, "samples": 16}, "a run", free=("batch_size",)
+    )
+    with pytest.raises(RiseError, match=r"different settings \(batch_size\)"):
+        check_settings(tmp_path, {"batch_size": 64, "samples": 16}, "a run")
+    with pytest.raises(RiseError, match=r"different settings \(samples\)"):
+        check_settings(tmp_path, {"batch_size": 64, "samples": 8}, "a run", free=("batch_size",))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rise_llm import edits
-from rise_llm.engines.base import BATCH_SIZE, Completion, Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Completion, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import (
     RiseError,
@@ -305,7 +305,7 @@ def run(
             f"{len(problems)}; use at most {len(problems)} shards"
         )
     settings = _settings(config)
-    check_settings(out, settings, "a collection", defaults=CollectConfig)
+    check_settings(out, settings, "a collection", defaults=CollectConfig, free=RESUME_FREE)
     path = out / EPISODES
     done = read_jsonl_for_resume(path, CollectedEpisode)
     have = {ep.problem_id for ep in done}

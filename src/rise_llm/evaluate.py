@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rise_llm.engines.base import BATCH_SIZE, Engine, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
 from rise_llm.errors import check_at_least, check_context_window, check_device, check_sampling
 from rise_llm.metrics import Metrics, compute_metrics
@@ -117,7 +117,9 @@ def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
     """Episodes of the modes a previous run of the same config finished (others are dropped)."""
     # an evaluation from before `reuse_samples` resumes under it: the metrics have the same
     # distribution either way
-    check_settings(out, _settings(config), "an evaluation", defaults=EvaluateConfig)
+    check_settings(
+        out, _settings(config), "an evaluation", defaults=EvaluateConfig, free=RESUME_FREE
+    )
     path = out / "episodes.jsonl"
     episodes = read_jsonl_for_resume(path, Episode)
     counts = Counter(ep.mode for ep in episodes)

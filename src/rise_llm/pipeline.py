@@ -36,7 +36,7 @@ from typing import Any
 from rise_llm import collect, data, evaluate, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
-from rise_llm.engines.base import BATCH_SIZE, Engine
+from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
 from rise_llm.engines.served import ServedModel, ServerConfig
 from rise_llm.errors import RiseError, check_at_least, check_device
 from rise_llm.metrics import Metrics
@@ -268,7 +268,7 @@ def run(config: RunConfig) -> RunResult:
     check_out(root, "run")
     settings = dataclasses.asdict(config)
     settings.pop("out")
-    check_settings(root, settings, "a run", may_grow=("iterations",))
+    check_settings(root, settings, "a run", may_grow=("iterations",), free=RESUME_FREE)
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it

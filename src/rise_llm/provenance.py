@@ -115,11 +115,14 @@ def check_settings(
     name: str = "config.json",
     may_grow: tuple[str, ...] = (),
     defaults: Any = None,
+    free: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """The settings recorded in `out/name` (None if none), refusing ones that differ.
 
     Rerunning a command into the same folder resumes it only with the same settings; anything
     else would mix two runs in one folder. Fields in `may_grow` may increase (more iterations).
+    Fields named in `free` may change: they change how fast, not what is sampled (the engine's
+    batch size: every sample has its own random stream).
     A setting that an older record lacks counts as unchanged while it is off (None or False) or
     at its default (the settings' dataclass `defaults`, whose default is the behaviour before the
     setting existed), so folders written before an opt-in setting existed still resume.
@@ -128,14 +131,16 @@ def check_settings(
     previous = read_run_config(out, name)
     if previous is None:
         return None
+    now = {k: v for k, v in settings.items() if k not in free}
+    before = {k: v for k, v in previous.items() if k not in free}
     changed = sorted(
         k
-        for k in settings.keys() | previous.keys()
-        if settings.get(k) != previous.get(k)
-        and not (k in may_grow and settings.get(k, 0) >= previous.get(k, 0))
+        for k in now.keys() | before.keys()
+        if now.get(k) != before.get(k)
+        and not (k in may_grow and now.get(k, 0) >= before.get(k, 0))
         and not (
-            k not in previous
-            and (settings[k] in (None, False) or (k in fallback and settings[k] == fallback[k]))
+            k not in before
+            and (now[k] in (None, False) or (k in fallback and now[k] == fallback[k]))
         )
     )
     if changed:

@@ -16,6 +16,9 @@ from rise_llm.records import Message
 BATCH_SIZE = 512
 """Default engine batch of every sampling stage (`rise collect`, `rise evaluate`, `rise run`)
 and of `HFEngine`: the fastest for the toy on CPU once finished rows leave the batch."""
+RESUME_FREE = ("batch_size",)
+"""Settings that a resumed collection, evaluation or run may change: every sample has its own
+random stream, so the engine's batch size changes the speed and the memory, not the samples."""
 
 
 @dataclass(frozen=True)
