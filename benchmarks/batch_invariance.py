@@ -10,6 +10,11 @@ its episode is not counted again), per million generated tokens. The toy in floa
 draw itself costs per decoding step against transformers' multinomial.
 
     python benchmarks/batch_invariance.py             # 256 problems
+    python benchmarks/batch_invariance.py --first-turn --model MODEL.gguf --problems 48 --samples 4
+
+`--first-turn` compares `HFEngine.generate` alone on the problems' first prompts (batch 64
+against 512, and every other conversation alone against all), for models too slow to collect
+with, and counts every token after a sample's first difference as differing.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ def collect(model, tokenizer, batch_size, collection, problems):
     return collect_chunk(engine, engine, task, problems, config, params)
 
 
-def compare(reference, other) -> dict[str, int]:
+def tokens_after_difference(tokenizer, a: str, b: str) -> int:
+    """Tokens of the longer of two texts from their first differing token on."""
+    x, y = tokenizer(a)["input_ids"], tokenizer(b)["input_ids"]
+    same = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), None)
+    return max(len(x), len(y)) - (min(len(x), len(y)) if same is None else same)
+
+
+def compare(reference, other, tokenizer) -> dict[str, int]:
     """Samples and tokens of `reference`; samples of `other` that differ at an equal context."""
     by_id = {ep.problem_id: ep for ep in other}
     counts = {"samples": 0, "tokens": 0, "compared": 0, "flips": 0, "flipped_tokens": 0}
@@ -46,7 +58,9 @@ def compare(reference, other) -> dict[str, int]:
                 counts["compared"] += 1
                 if a.response != b.response:
                     counts["flips"] += 1
-                    counts["flipped_tokens"] += a.num_tokens
+                    counts["flipped_tokens"] += tokens_after_difference(
+                        tokenizer, a.response, b.response
+                    )
     return counts
 
 
@@ -76,6 +90,39 @@ def sampling_cost(rows: int, vocab: int, steps: int, repeats: int = 300) -> dict
     }
 
 
+def first_turn(collection, samples: int) -> dict[str, dict[str, int]]:
+    """Turn-1 samples at batch 64 and 512, and every other conversation without the rest."""
+    from rise_llm.seeds import problem_key
+
+    _, model, tokenizer, task, problems, _, params = collection
+    convs = [task.prompt.first_messages(p) for p in problems]
+    keys = [problem_key(p.id) for p in problems]
+
+    def sample(batch_size, which):
+        engine = HFEngine(model, tokenizer, batch_size=batch_size)
+        return engine.generate(convs[which], samples, params, keys=keys[which])
+
+    every = slice(None)
+    reference = sample(512, every)
+    runs = {
+        "batch 64": (sample(64, every), reference),
+        "every other alone": (sample(512, slice(None, None, 2)), reference[::2]),
+    }
+    results = {}
+    for name, (ours, theirs) in runs.items():
+        c = {"samples": 0, "tokens": 0, "compared": 0, "flips": 0, "flipped_tokens": 0}
+        for a_samples, b_samples in zip(theirs, ours, strict=True):
+            for a, b in zip(a_samples, b_samples, strict=True):
+                c["samples"] += 1
+                c["compared"] += 1
+                c["tokens"] += a.num_tokens
+                if a.text != b.text:
+                    c["flips"] += 1
+                    c["flipped_tokens"] += tokens_after_difference(tokenizer, a.text, b.text)
+        results[name] = c
+    return results
+
+
 def main() -> None:
     p = harness.parser(__doc__.split("\n\n")[0])
     p.add_argument("--problems", type=int, default=256)
@@ -84,39 +131,44 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-turn", action="store_true", help="engine calls on turn-1 prompts only")
     args = p.parse_args()
     harness.setup(args)
     collection = harness.toy_collection(args, args.turns)
     model, tokenizer, problems = collection.model, collection.tokenizer, collection.problems
 
     start = time.perf_counter()
-    reference = collect(model, tokenizer, 512, collection, problems)
-    seconds = {"batch 512": round(time.perf_counter() - start, 1)}
-    runs = {}
-    start = time.perf_counter()
-    runs["batch 64"] = collect(model, tokenizer, 64, collection, problems)
-    seconds["batch 64"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    sharded = []
-    for i in range(args.shards):
-        part = shard_problems(problems, f"{i}/{args.shards}")
-        sharded += collect(model, tokenizer, 512, collection, part)
-    runs[f"{args.shards} shards, batch 512"] = sharded
-    seconds[f"{args.shards} shards"] = round(time.perf_counter() - start, 1)
-
-    results = {name: compare(reference, episodes) for name, episodes in runs.items()}
+    if args.first_turn:
+        results = first_turn(collection, args.samples)
+        seconds = {"all": round(time.perf_counter() - start, 1)}
+    else:
+        reference = collect(model, tokenizer, 512, collection, problems)
+        seconds = {"batch 512": round(time.perf_counter() - start, 1)}
+        runs = {}
+        start = time.perf_counter()
+        runs["batch 64"] = collect(model, tokenizer, 64, collection, problems)
+        seconds["batch 64"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        sharded = []
+        for i in range(args.shards):
+            part = shard_problems(problems, f"{i}/{args.shards}")
+            sharded += collect(model, tokenizer, 512, collection, part)
+        runs[f"{args.shards} shards, batch 512"] = sharded
+        seconds[f"{args.shards} shards"] = round(time.perf_counter() - start, 1)
+        results = {name: compare(reference, episodes, tokenizer) for name, episodes in runs.items()}
     rows = []
     for name, c in results.items():
         c["flips_per_million_tokens"] = round(1e6 * c["flips"] / c["tokens"], 1)
+        c["differing_tokens_per_million"] = round(1e6 * c["flipped_tokens"] / c["tokens"], 1)
         rows.append(
             [f"{name} vs batch 512"]
             + [c[k] for k in ("samples", "tokens", "compared", "flips")]
             + [c["flips_per_million_tokens"]]
         )
     harness.print_table(
-        f"Batch invariance (T={args.turns}, N={args.samples}, {args.problems} problems, "
-        f"float32) on {collection.model_dir}",
-        ["collection", "samples", "tokens", "compared", "differing", "per M tokens"],
+        f"Batch invariance ({'turn 1 only' if args.first_turn else f'T={args.turns}'}, "
+        f"N={args.samples}, {args.problems} problems, float32) on {collection.model_dir}",
+        ["collection", "samples", "tokens", "compared", "differing", "flips per M tokens"],
         rows,
     )
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -139,6 +191,7 @@ def main() -> None:
                 "max_new_tokens": collection.params.max_new_tokens,
                 "seed": args.seed,
                 "dtype": "float32",
+                "first_turn": args.first_turn,
             },
             "seconds": seconds,
             "against_batch_512": results,

@@ -233,3 +233,23 @@ def test_serve_load_answers_every_request_of_concurrent_clients(tiny_model_dir, 
         "host": "127.0.0.1",
         "model": str(tiny_model_dir),
     }
+
+
+@pytest.mark.parametrize("first_turn", [False, True])
+def test_batch_invariance_counts_no_flip_on_the_tiny_model(tiny_model_dir, tmp_path, first_turn):
+    record = run_benchmark(
+        "batch_invariance.py",
+        tmp_path / "batch_invariance.json",
+        *("--model", str(tiny_model_dir), "--problems", "6", "--samples", "2"),
+        *("--max-new-tokens", "12", *(["--first-turn"] if first_turn else [])),
+    )
+    results = record["against_batch_512"]
+    assert len(results) == 2 and record["settings"]["first_turn"] == first_turn
+    for counts in results.values():
+        assert counts["compared"] == counts["samples"] > 0 and counts["tokens"] > 0
+        assert 0 <= counts["flips"] <= counts["samples"]
+    # twelve rows fit one batch of 64 as of 512: the same batch, so the same samples (the
+    # other comparison changes the rows beside each sample, where float32 may flip a draw)
+    assert results["batch 64"]["flips"] == results["batch 64"]["flipped_tokens"] == 0
+    for cost in record["draw_cost"].values():
+        assert cost["multinomial_us_per_step"] > 0 and cost["row_streams_us_per_step"] > 0
