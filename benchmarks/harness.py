@@ -79,9 +79,10 @@ def machine(load_at_start: float | None = None) -> dict[str, Any]:
 
 
 def ensure_toy_model(path: str) -> str:
-    """`path` as given when it holds a model; the default toy model built there when missing."""
+    """`path` as given when it holds a model (a folder or a .gguf file); the default toy model
+    built there when missing."""
     folder = Path(path)
-    if (folder / "config.json").exists():
+    if (folder / "config.json").exists() or folder.is_file():
         return path
     from rise_llm import toy_model
 
