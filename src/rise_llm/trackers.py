@@ -55,8 +55,11 @@ def metric_scalars(metrics: Metrics) -> dict[str, float]:
 
 
 def claim_scalars(claims: Sequence[Claim]) -> dict[str, float]:
-    """`claims/TAG` (estimate), `/low`, `/high` and `/holds` (1 or 0) of the four claims."""
-    found = {}
+    """`claims/TAG` (estimate), `/low`, `/high` and `/holds` (1 or 0) of the four claims
+    (none for a model without claims: the base)."""
+    found: dict[str, float] = {}
+    if not claims:
+        return found
     for tag, claim in zip(CLAIM_TAGS, claims, strict=True):
         found[f"claims/{tag}"] = claim.estimate
         found[f"claims/{tag}/low"] = claim.low
@@ -80,7 +83,7 @@ def log_evaluations(
     steps: dict[int, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
     for step, (label, m) in enumerate(metrics.items()):
-        steps[step] = metric_scalars(m) | claim_scalars((claims or {}).get(label, ()) or [])
+        steps[step] = metric_scalars(m) | claim_scalars((claims or {}).get(label, []))
         curves[label] = list(m.acc)
     if "tensorboard" in trackers:
         _tensorboard(out / TENSORBOARD_DIR, steps, curves)
