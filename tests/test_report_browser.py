@@ -83,6 +83,8 @@ def test_report_of_a_real_run_in_chromium(browser, tiny_run, tmp_path):
         )
         assert legend == series, chart
 
+    browser.save_screenshot(str(tmp_path / "report-top.png"))  # the curves, as a reader opens it
+
     # every filter shows the count computed from episodes.jsonl and lists that many episodes
     select = Select(browser.find_element(By.ID, "model-select"))
     for label in LABELS:
@@ -143,7 +145,8 @@ def test_report_of_a_real_run_in_chromium(browser, tiny_run, tmp_path):
     ]
     assert {kind for kind, _ in marked} & {"ins", "del"}
 
-    browser.save_screenshot(str(tmp_path / "report.png"))
-    assert (tmp_path / "report.png").stat().st_size > 10_000
+    browser.save_screenshot(str(tmp_path / "report-episode.png"))
+    for shot in ("report-top.png", "report-episode.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors

@@ -115,7 +115,9 @@ def load_models(paths: list[str]) -> list[Model]:
         elif (path / "episodes.jsonl").exists() or path.suffix == ".jsonl":
             folder = path if path.is_dir() else path.parent
             episodes = read_stage_outputs([raw], "episodes.jsonl", Episode, EVAL_FILES)
-            models.append(Model(folder.name or str(folder), folder, episodes))
+            # a run's OUT/iter1/eval is "iter1"
+            label = folder.parent.name if folder.name == "eval" else folder.name
+            models.append(Model(label or str(folder), folder, episodes))
         else:
             raise RiseError(
                 f"report: {path} is neither a `rise run` folder (base/eval/episodes.jsonl) nor "
@@ -326,12 +328,12 @@ def write_report(config: ReportConfig) -> ReportFile:
 
 
 def run(config: ReportConfig) -> ReportFile:
-    """`rise report`: write the file and print its path and size."""
-    from rise_llm.report import stdout
-
+    """`rise report`: write the file and print its path and size (one plain line, never
+    wrapped, so that scripts can read the path)."""
     written = write_report(config)
-    stdout.print(
+    print(
         f"wrote {written.path} ({written.bytes / 1e6:.1f} MB in {written.seconds:.1f} s); "
-        "open it in a browser"
+        "open it in a browser",
+        flush=True,
     )
     return written
