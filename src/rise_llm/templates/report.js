@@ -21,9 +21,10 @@
   }
 
   function layout(extra) {
+    // the legend above the plot, where it covers neither the axis title nor the data
     return Object.assign({
-      margin: { l: 55, r: 20, t: 10, b: 45 }, height: 340,
-      legend: { orientation: "h", y: -0.2 }, hovermode: "closest",
+      margin: { l: 55, r: 20, t: 40, b: 45 }, height: 340, hovermode: "closest",
+      legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
     }, extra);
   }
 
@@ -36,7 +37,7 @@
     })), layout({
       xaxis: { title: { text: "turn" }, dtick: 1, range: [0.7, turns + 0.3] },
       yaxis: { title: { text: "accuracy" }, range: [0, 1] },
-      height: 380, legend: { orientation: "h", y: -0.18 },
+      height: 380,
     }), PLOT_CONFIG);
     const names = Object.keys(data.models[0].summary);
     Plotly.newPlot("chart-summary", data.models.map((m, i) => {
@@ -56,7 +57,7 @@
         line: { color: colour(data.models.findIndex((m) => m.label === it.label)) },
       })), layout({
         xaxis: { title: { text: "optimiser step" } },
-        yaxis: { title: { text: "weighted loss" } }, height: 280,
+        yaxis: { title: { text: "weighted loss" } }, height: 300,
       }), PLOT_CONFIG);
     }
   }
@@ -180,15 +181,16 @@
     const detail = document.getElementById("episode-detail");
     detail.replaceChildren(el("p", "muted", "unpacking..."));
     const columns = el("div", "columns");
-    // the chosen model first, then the others that saw the same problem (base and iterations)
-    const labels = [state.model, ...Object.keys(browser.models).filter((l) => l !== state.model)];
-    for (const label of labels) {
+    // every model that saw the problem, in report order (base, iter1, ...), the chosen one marked
+    let chosen = null;
+    for (const label of Object.keys(browser.models)) {
       const entry = browser.models[label];
       const i = entry.problem.indexOf(problem);
       if (i < 0) continue;
       const attempts = (await unpack(entry.blob))[i];
-      const column = el("div", "column");
+      const column = el("div", label === state.model ? "column chosen" : "column");
       column.dataset.model = label;
+      if (label === state.model) chosen = column;
       column.appendChild(el("h4", "", label));
       attempts.forEach(([response, answer, reward, ops], t) => {
         const attempt = el("div", `attempt r${reward < 0 ? "m" : reward}`);
@@ -213,6 +215,7 @@
     detail.replaceChildren(header, columns);
     detail.dataset.problem = browser.ids[problem];
     detail.scrollIntoView({ block: "start" });
+    if (chosen) columns.scrollLeft = chosen.offsetLeft - columns.offsetLeft;
   }
 
   async function startBrowser() {
