@@ -210,3 +210,15 @@ def test_run_report_holds_every_iteration(tiny_run):
         assert {k: sum(k in t for t in tags) for k in expected if k != "all"} == {
             k: v for k, v in expected.items() if k != "all"
         }
+
+
+def test_the_page_escapes_what_it_shows(tmp_path):
+    from rise_llm.report_html import ReportConfig, write_report
+
+    _evaluation(tmp_path / "x<i>y", seed=0, n=3)
+    written = write_report(
+        ReportConfig(paths=[str(tmp_path / "x<i>y")], out=str(tmp_path / "r.html"))
+    )
+    text = written.path.read_text()
+    assert '<option value="x&lt;i&gt;y">x&lt;i&gt;y</option>' in text
+    assert "<th>x<i>y</th>" not in text and text.endswith("</html>\n")

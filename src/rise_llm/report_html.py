@@ -30,7 +30,13 @@ from rise_llm.data import DATA, REWARDS, data_summary
 from rise_llm.errors import RiseError
 from rise_llm.merge import read_collections
 from rise_llm.metrics import OUTCOME_FIELDS, TRANSITIONS, MetricNames, compute_metrics, outcomes
-from rise_llm.records import Episode, TrainingExample, read_jsonl, read_stage_outputs
+from rise_llm.records import (
+    Episode,
+    TrainingExample,
+    read_jsonl,
+    read_stage_outputs,
+    write_atomic,
+)
 from rise_llm.report import collection_rows
 from rise_llm.trajectories import FILTERS, browser_data
 
@@ -308,7 +314,9 @@ def write_report(config: ReportConfig) -> ReportFile:
     start = time.perf_counter()
     data, blobs = report_data(config)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"])
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        keep_trailing_newline=True,
     )
     env.filters["pct"] = lambda x: "-" if x is None else f"{x:.1%}"
     env.filters["fixed"] = lambda x, digits=3: "-" if x is None else f"{x:.{digits}f}"
@@ -323,7 +331,7 @@ def write_report(config: ReportConfig) -> ReportFile:
     )
     path = Path(config.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    write_atomic(path, html)  # a kill leaves the old page or the new one, never half
     return ReportFile(path, path.stat().st_size, time.perf_counter() - start, data)
 
 
