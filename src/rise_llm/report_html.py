@@ -196,27 +196,38 @@ def model_section(model: Model) -> dict[str, Any]:
     }
 
 
+MODES = ("no_oracle", "oracle", "parallel")
+
+
+def _claims_gap(base: Model, model: Model) -> str | None:
+    """Why the claims of `model` against `base` cannot be measured (None when they can): they
+    pair the two evaluations problem by problem, in all three modes, with the same K."""
+    for m in (base, model):
+        missing = [mode for mode in MODES if not any(ep.mode == mode for ep in m.episodes)]
+        if missing:
+            return f"{m.label} has no {', '.join(missing)} episodes"
+    if {ep.problem_id for ep in base.episodes} != {ep.problem_id for ep in model.episodes}:
+        return f"{model.label} was evaluated on other problems than {base.label}"
+    if _turns(base.episodes) != _turns(model.episodes):
+        return f"{model.label} was evaluated with another K than {base.label}"
+    return None
+
+
 def claims_section(models: list[Model], seed: int) -> tuple[list[dict[str, Any]], str | None]:
-    """Each later model's four claims against the first, or why they cannot be measured."""
-    if len(models) < 2:
-        return [], None
-    base = models[0]
-    turns = _turns(base.episodes)
-    found = []
+    """Each later model's four claims against the first, and why some could not be measured."""
+    base, found, gaps = models[0], [], []
     for model in models[1:]:
-        try:
-            claims = rise_claims(base.episodes, model.episodes, turns, seed)
-        except (ValueError, TypeError, KeyError):
-            # other problems, or a mode (oracle, parallel) missing in one evaluation
-            return [], (
-                f"the claims need every model evaluated with all three modes on {base.label}'s "
-                "problems with the same K; some are not"
-            )
+        gap = _claims_gap(base, model)
+        if gap:
+            gaps.append(gap)
+            continue
+        claims = rise_claims(base.episodes, model.episodes, _turns(base.episodes), seed)
         rows = [
             dataclasses.asdict(c) | {"holds": c.holds, "significant": c.significant} for c in claims
         ]
         found.append({"label": model.label, "base": base.label, "claims": rows})
-    return found, None
+    note = f"no claims where {'; '.join(gaps)}" if gaps else None
+    return found, note
 
 
 def _json_file(path: Path) -> dict[str, Any] | None:
@@ -303,7 +314,7 @@ class ReportFile:
     path: Path
     bytes: int
     seconds: float
-    sections: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def write_report(config: ReportConfig) -> ReportFile:
