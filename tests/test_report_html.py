@@ -166,7 +166,8 @@ def test_claims_need_the_same_problems(tmp_path):
 
     _evaluation(tmp_path / "a", seed=0, n=5)
     _evaluation(tmp_path / "b", seed=0, n=6)
-    written = write_report(ReportConfig(paths=[str(tmp_path / "a"), str(tmp_path / "b")]))
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    written = write_report(ReportConfig(paths=paths, out=str(tmp_path / "r.html")))
     assert written.data["claims"] == []
     assert written.data["claims_note"] == "no claims where b was evaluated on other problems than a"
 
