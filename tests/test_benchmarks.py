@@ -253,3 +253,20 @@ def test_batch_invariance_counts_no_flip_on_the_tiny_model(tiny_model_dir, tmp_p
     assert results["batch 64"]["flips"] == results["batch 64"]["flipped_tokens"] == 0
     for cost in record["draw_cost"].values():
         assert cost["multinomial_us_per_step"] > 0 and cost["row_streams_us_per_step"] > 0
+
+
+def test_report_measures_size_and_load_time(tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") and shutil.which("chromedriver")
+    record = run_benchmark(
+        "report.py",
+        tmp_path / "report.json",
+        *("--problems", "4", "--tokens", "20,200", "--loads", "1"),
+        *(() if browser else ("--no-browser",)),
+    )
+    small, large = record["files"]["4x3xK5, 20 tokens"], record["files"]["4x3xK5, 200 tokens"]
+    assert small["problems"] == 4 and small["models"] == 3 and small["turns"] == 5
+    assert 0 < small["report_mb"] < large["report_mb"]
+    if browser:
+        assert 0 < small["load_s"] <= small["ready_s"] and small["open_episode_s"] > 0

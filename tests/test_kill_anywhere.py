@@ -203,7 +203,7 @@ def finished_outputs(out: Path, collect_limit: int) -> dict[Path, int]:
 
 
 def assert_artefacts_parse(out: Path) -> None:
-    """Every JSON, JSON Lines, safetensors, torch and PNG file of the run reads whole; no
+    """Every JSON, JSON Lines, safetensors, torch, PNG and HTML file of the run reads whole; no
     temporary `.partial` file of an atomic write is left."""
     for path in sorted(out.rglob("*")):
         if path.is_dir() or path.suffix in (".log", ".jinja", ".txt"):
@@ -222,6 +222,11 @@ def assert_artefacts_parse(out: Path) -> None:
             torch.load(path, weights_only=False)
         elif path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG, path
+        elif path.suffix == ".html":  # `rise report`'s page: whole, its data readable
+            text = path.read_text()
+            assert text.endswith("</html>\n"), f"{path}: cut short"
+            start = text.index('<script id="report-data" type="application/json">')
+            json.loads(text[text.index(">", start) + 1 : text.index("</script>", start)])
         else:
             raise AssertionError(f"unexpected artefact {path}: teach this test to read it")
 

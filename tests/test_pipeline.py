@@ -118,6 +118,13 @@ def test_quick_demo_survives_a_kill_and_resumes(tmp_path):
     assert {r["n"] for r in rows} == {summary["base"]["n"]}
     assert rows[2]["acc"] == [summary["iter2"][f"acc@{t}"] for t in range(1, 6)]
     assert "| levers iter2 |" in (demo / "comparison.md").read_text()
+    # it ends by printing the path of one report of every recipe (each run has its own too)
+    assert finished.stdout.rstrip().splitlines()[-1].startswith(f"wrote {demo / 'report.html'} (")
+    page = (demo / "report.html").read_text()
+    for label in ("reference base", "reference iter2", "levers iter1", "levers iter2"):
+        assert f'<option value="{label}">' in page
+    assert "levers base" not in page  # the shared base evaluation is shown once
+    assert (out / "report.html").exists() and (demo / "levers" / "report.html").exists()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ interval over the problems, against a threshold:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,22 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
     return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score 95% interval of the proportion successes/n: unlike mean +- 1.96 sd it
+    stays inside [0, 1] and is not empty at 0 or n successes (Wilson 1927).
+
+    >>> [round(x, 3) for x in wilson_interval(5, 10)]
+    [0.237, 0.763]
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rise_claims(

@@ -163,6 +163,12 @@ def _serve(args: argparse.Namespace) -> None:
     run(config_from_flags(ServeConfig, args, "serve"))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from rise_llm.report_html import ReportConfig, run
+
+    run(config_from_flags(ReportConfig, args, "report"))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rise_llm.demo import DemoConfig, run
 
@@ -176,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rise_llm.demo import DemoConfig
     from rise_llm.evaluate import EvaluateConfig
     from rise_llm.merge import MergeConfig
+    from rise_llm.report_html import ReportConfig
     from rise_llm.serve import ServeConfig
     from rise_llm.toy_model import ToyModelConfig
     from rise_llm.train import TrainConfig
@@ -233,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="model folder or Hub id")
     add_config_flags(serve, ServeConfig, skip=("model",))
     serve.set_defaults(handler=_serve)
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML file: turn curves, claims, transitions, trajectories",
+        description=(ReportConfig.__doc__ or "").split("\n")[0],
+    )
+    report.add_argument(
+        "paths", nargs="+", help="a `rise run` folder, or `rise evaluate` folders to compare"
+    )
+    add_config_flags(report, ReportConfig, skip=("paths",))
+    report.set_defaults(handler=_report)
     return parser
 
 

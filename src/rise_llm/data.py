@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -199,30 +200,49 @@ def build(config: BuildDataConfig) -> list[TrainingExample]:
     return examples
 
 
+REWARDS = (1, 0, -1)
+
+
+def row_label(ex: TrainingExample) -> str:
+    """The data table's row of an example: its turn, keep states apart ("2 keep")."""
+    return f"{ex.turn} keep" if ex.source == KEEP else str(ex.turn)
+
+
+def data_summary(examples: Sequence[TrainingExample]) -> dict[str, Any]:
+    """Examples per row (`row_label`) and reward, and per reward the mean weight and its share
+    of the total weight (None where no example has that reward)."""
+    counts = Counter((row_label(ex), ex.reward) for ex in examples)
+    total_weight = sum(ex.weight for ex in examples)
+    by_reward = {r: [ex.weight for ex in examples if ex.reward == r] for r in REWARDS}
+    return {
+        "examples": len(examples),
+        "counts": {
+            label: {r: counts[(label, r)] for r in REWARDS}
+            for label in sorted({row_label(ex) for ex in examples})
+        },
+        "mean_weight": {r: sum(w) / len(w) if w else None for r, w in by_reward.items()},
+        "weight_share": {r: sum(w) / total_weight for r, w in by_reward.items()},
+    }
+
+
 def data_table(examples: Sequence[TrainingExample], episodes: int, removed: int) -> Table:
     """Examples per turn (keep states apart) and reward, with the mean weight of each reward."""
-
-    def row_of(ex: TrainingExample) -> str:
-        return f"{ex.turn} keep" if ex.source == KEEP else str(ex.turn)
-
-    counts = Counter((row_of(ex), ex.reward) for ex in examples)
-    total_weight = sum(ex.weight for ex in examples)
+    summary = data_summary(examples)
     table = Table(
         title=f"Training data: {len(examples)} examples from {episodes} episodes"
         f" ({removed} duplicates removed)"
     )
     table.add_column("turn", justify="right")
-    for r in (1, 0, -1):
+    for r in REWARDS:
         table.add_column(f"reward {r:+d}", justify="right")
-    for label in sorted({row_of(ex) for ex in examples}):
-        table.add_row(label, *(str(counts[(label, r)]) for r in (1, 0, -1)))
-    by_reward = {r: [ex.weight for ex in examples if ex.reward == r] for r in (1, 0, -1)}
+    for label, counts in summary["counts"].items():
+        table.add_row(label, *(str(counts[r]) for r in REWARDS))
     table.add_row(
         "weight",
-        *(f"{sum(w) / len(w):.3f}" if w else "-" for w in by_reward.values()),
+        *(f"{w:.3f}" if w is not None else "-" for w in summary["mean_weight"].values()),
     )
     table.add_row(
         "share of weight",
-        *(f"{sum(w) / total_weight:.1%}" for w in by_reward.values()),
+        *(f"{share:.1%}" for share in summary["weight_share"].values()),
     )
     return table

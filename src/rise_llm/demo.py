@@ -11,6 +11,7 @@ is shared), and `rise compare` prints both recipes beside the base:
     OUT/toy/                      the toy model
     OUT/reference/ OUT/levers/    one `rise run` folder per recipe (base/, iter1/, iter2/, ...)
     OUT/comparison.md, .json      every model against the base, with intervals and transitions
+    OUT/report.html               all recipes in one page (`rise report`)
 
 `--quick` does the same at a tiny size, for the tests; `--recipes reference` runs one recipe.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rise_llm import toy_model
+from rise_llm import report_html, toy_model
 from rise_llm.compare import CompareConfig, Row, compare
 from rise_llm.errors import RiseError, check_device
 from rise_llm.pipeline import RunConfig, load_run_config, share_base_evaluation
@@ -113,8 +114,17 @@ def run(config: DemoConfig) -> list[Row]:
         for k in range(1, r.iterations + 1)
     ]
     console.rule("[bold]every recipe against the base")
-    return compare(
+    rows = compare(
         CompareConfig(
             base=str(first.folder(0) / "eval"), models=models, seed=config.seed, out=config.out
         )
     )
+    # every recipe in one page (the runs share the base evaluation, shown once)
+    report_html.run(
+        report_html.ReportConfig(
+            paths=[str(r.root) for r in runs.values()],
+            out=str(Path(config.out) / report_html.REPORT),
+            seed=config.seed,
+        )
+    )
+    return rows

@@ -24,7 +24,13 @@ from typing import Any
 
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine, SamplingParams
 from rise_llm.engines.load import stage_engine
-from rise_llm.errors import check_at_least, check_context_window, check_device, check_sampling
+from rise_llm.errors import (
+    RiseError,
+    check_at_least,
+    check_context_window,
+    check_device,
+    check_sampling,
+)
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
 from rise_llm.provenance import check_out, check_settings, write_run_record
@@ -38,6 +44,7 @@ from rise_llm.rollout import (
     with_first_turns,
 )
 from rise_llm.tasks import get_task
+from rise_llm.trackers import check_report_to, log_evaluations
 
 
 @dataclass
@@ -67,6 +74,8 @@ class EvaluateConfig:
             feedback does not depend on the attempt; about 40% fewer samples).
         engine_options: options of the openai engine, for openai: models (max_concurrency,
             timeout, max_retries, api_key_env).
+        report_to: trackers that get the metrics (`trackers.py`): ["tensorboard"] (to
+            OUT/tensorboard), ["wandb"], or ["none"].
         out: output folder; None keeps results in memory only.
     """
 
@@ -87,6 +96,7 @@ class EvaluateConfig:
     batch_size: int = BATCH_SIZE
     reuse_samples: bool = True
     engine_options: dict[str, Any] | None = None
+    report_to: list[str] = field(default_factory=lambda: ["none"])
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -97,6 +107,10 @@ class EvaluateConfig:
         check_context_window("evaluate", self.context_window, self.turns)
         check_sampling("evaluate", self.temperature, self.top_p, self.max_new_tokens)
         check_device("evaluate", self.device)
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        if check_report_to("evaluate", self.report_to) and self.out is None:
+            raise RiseError("evaluate: report_to needs an out folder for the trackers' logs")
 
 
 @dataclass
@@ -110,7 +124,8 @@ def _expected(mode: str, n: int, turns: int) -> int:
 
 
 def _settings(config: EvaluateConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k != "out"}
+    # where results go, not what they are: a rerun may log to other trackers
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "report_to")}
 
 
 def _resume(out: Path, config: EvaluateConfig, n: int) -> list[Episode]:
@@ -198,6 +213,7 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     metrics.seconds = timings
     if metrics_path:
         write_atomic(metrics_path, json.dumps(metrics.to_dict(), indent=2) + "\n")
+        log_evaluations(config.report_to, out, {Path(config.model).name: metrics})
     return EvaluateResult(metrics=metrics, episodes=episodes)
 
 

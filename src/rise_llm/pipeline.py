@@ -14,6 +14,7 @@ One run folder holds everything:
     OUT/summary.json         label -> that model's metrics.json content
     OUT/comparisons.json     each iteration against base, with bootstrap intervals
     OUT/accuracy_by_turn.png
+    OUT/report.html          `rise report` of the run: charts, claims, trajectory browser
 
 With a `server:` section, each checkpoint is served by its own server process (vLLM, SGLang,
 `rise serve`) while the stages in `server.stages` sample from it through the openai engine;
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rise_llm import collect, data, evaluate, train
+from rise_llm import collect, data, evaluate, report_html, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
@@ -45,6 +46,7 @@ from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
 from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
 from rise_llm.tasks import TASKS, get_task
+from rise_llm.trackers import check_report_to, log_evaluations
 
 # Settings a run fills in for every stage itself; a section must not set them.
 _SAMPLING = {"model", "chat_template", "out", "task", "task_options", "device", "dtype"}
@@ -95,6 +97,8 @@ class RunConfig:
         server: serve each checkpoint with a server command and sample through it
             (`engines.served.ServerConfig`: command, stages, startup_timeout,
             engine_options); none samples in-process.
+        report_to: trackers that get every model's metrics and each iteration's claims
+            (`trackers.py`): ["tensorboard"] (to OUT/tensorboard), ["wandb"], or ["none"].
     """
 
     base_model: str
@@ -113,8 +117,12 @@ class RunConfig:
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] | None = None
+    report_to: list[str] = field(default_factory=lambda: ["none"])
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        check_report_to("run", self.report_to)
         if self.iterations < 1:
             raise RiseError(f"run: iterations must be at least 1, got {self.iterations}")
         if self.task not in TASKS:
@@ -268,6 +276,7 @@ def run(config: RunConfig) -> RunResult:
     check_out(root, "run")
     settings = dataclasses.asdict(config)
     settings.pop("out")
+    settings.pop("report_to")  # where results go, not what they are
     check_settings(root, settings, "a run", may_grow=("iterations",), free=RESUME_FREE)
     stages = config.server_config().stages
     metrics = {}
@@ -323,15 +332,17 @@ def write_summary(config: RunConfig, metrics: dict[str, Metrics]) -> dict[str, A
         return read_jsonl(config.folder(iteration) / "eval" / "episodes.jsonl", Episode)
 
     base = episodes(0)
-    comparisons = {}
+    comparisons, measured = {}, {}
     for k in range(1, len(metrics)):
         label, trained = config.label_of(k), episodes(k)
-        claims = rise_claims(base, trained, turns, config.seed)
+        claims = measured[label] = rise_claims(base, trained, turns, config.seed)
         comparisons[f"{label}_vs_base"] = [
             dataclasses.asdict(c) | {"holds": c.holds} for c in claims
         ]
         stdout.print(claims_table(claims, f"{label} against base (paired bootstrap, 95%)"))
     (root / "comparisons.json").write_text(json.dumps(comparisons, indent=2) + "\n")
+    log_evaluations(config.report_to, root, metrics, measured)
     plot_accuracy_by_turn(flat, root / "accuracy_by_turn.png")
     console.print(f"wrote {root / 'summary.json'}, comparisons.json and accuracy_by_turn.png")
+    report_html.run(report_html.ReportConfig(paths=[str(root)], seed=config.seed))
     return flat

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +58,29 @@ def print_metrics(rows: Mapping[str, Mapping[str, Any]]) -> None:
         stdout.print(only["majority_rule"])
 
 
-def collection_table(episodes: Sequence[CollectedEpisode]) -> Table:
-    """Per collection turn and source: states reached, samples drawn, mean sample reward, states
-    solved; `demoted`, when a collection verifier judged, counts the samples the task's verifier
-    calls correct and it does not; `edits`, the share of solved later states whose chosen
-    response keeps the previous attempt's first line (`edits.is_edit`) rather than starting
-    afresh."""
-    table = Table(title=f"Collection ({len(episodes)} problems)")
-    names = ("turn", "source", "states", "samples", "mean reward", "solved", "degenerate")
-    for name in (*names, "demoted", "edits"):
-        table.add_column(name, justify="left" if name == "source" else "right")
+@dataclass
+class CollectionRow:
+    """One collection turn and source: states reached, samples drawn, their mean reward, states
+    solved (best-of-N success), degenerate samples; `demoted` of `plain_correct`: the samples
+    the task's verifier calls correct and a collection verifier does not (0/0 when none judged);
+    `edits` of `repairs`: solved later states whose chosen response keeps the previous
+    attempt's first line (`edits.is_edit`) rather than starting afresh."""
+
+    turn: int
+    source: str
+    states: int
+    samples: int
+    mean_reward: float
+    solved: int
+    degenerate: int
+    demoted: int
+    plain_correct: int
+    edits: int
+    repairs: int
+
+
+def collection_rows(episodes: Sequence[CollectedEpisode]) -> list[CollectionRow]:
+    """The `CollectionRow` of every (turn, source) of a collection, in turn order."""
     rows: dict[tuple[int, str], list[tuple[CollectedTurn, str | None]]] = {}
     for ep in episodes:
         previous = None
@@ -74,25 +88,50 @@ def collection_table(episodes: Sequence[CollectedEpisode]) -> Table:
             rows.setdefault((turn.index, turn.source), []).append((turn, previous))
             if turn.chosen_attempt is not None:
                 previous = turn.chosen_attempt.response
+    found = []
     for (t, source), entries in sorted(rows.items()):
         turns = [turn for turn, _ in entries]
         attempts = [a for turn in turns for a in turn.attempts]
         solved = [(turn.chosen_attempt, prev) for turn, prev in entries if _solved(turn)]
         judged = [a for a in attempts if a.plain_reward is not None]
-        plain_correct = sum(a.plain_reward == 1 for a in judged)
-        demoted = sum(a.plain_reward == 1 and a.reward != 1 for a in judged)
         repairs = [(a, prev) for a, prev in solved if prev is not None and source != KEEP]
-        edited = sum(is_edit(prev, a.response) for a, prev in repairs)
+        found.append(
+            CollectionRow(
+                turn=t,
+                source=source,
+                states=len(turns),
+                samples=len(attempts),
+                mean_reward=sum(a.reward for a in attempts) / len(attempts),
+                solved=len(solved),
+                degenerate=sum(a.degenerate for a in attempts),
+                demoted=sum(a.plain_reward == 1 and a.reward != 1 for a in judged),
+                plain_correct=sum(a.plain_reward == 1 for a in judged),
+                edits=sum(is_edit(prev, a.response) for a, prev in repairs),
+                repairs=len(repairs),
+            )
+        )
+    return found
+
+
+def collection_table(episodes: Sequence[CollectedEpisode]) -> Table:
+    """The `collection_rows` of a collection as a table."""
+    table = Table(title=f"Collection ({len(episodes)} problems)")
+    names = ("turn", "source", "states", "samples", "mean reward", "solved", "degenerate")
+    for name in (*names, "demoted", "edits"):
+        table.add_column(name, justify="left" if name == "source" else "right")
+    for r in collection_rows(episodes):
         table.add_row(
-            str(t),
-            source,
-            str(len(turns)),
-            str(len(attempts)),
-            f"{sum(a.reward for a in attempts) / len(attempts):+.3f}",
-            f"{len(solved)} ({len(solved) / len(turns):.0%})",
-            str(sum(a.degenerate for a in attempts)),
-            f"{demoted}/{plain_correct} ({demoted / plain_correct:.0%})" if plain_correct else "-",
-            f"{edited}/{len(repairs)} ({edited / len(repairs):.0%})" if repairs else "-",
+            str(r.turn),
+            r.source,
+            str(r.states),
+            str(r.samples),
+            f"{r.mean_reward:+.3f}",
+            f"{r.solved} ({r.solved / r.states:.0%})",
+            str(r.degenerate),
+            f"{r.demoted}/{r.plain_correct} ({r.demoted / r.plain_correct:.0%})"
+            if r.plain_correct
+            else "-",
+            f"{r.edits}/{r.repairs} ({r.edits / r.repairs:.0%})" if r.repairs else "-",
         )
     return table
 
