@@ -70,13 +70,11 @@ def _examples(weight: float, n: int = 6) -> list[TrainingExample]:
     return out
 
 
-def _train(tmp_path, model_dir, weight: float, **overrides):
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "data.jsonl", _examples(weight))
-    config = TrainConfig(
+def _config(tmp_path, model_dir, **overrides) -> TrainConfig:
+    """Three steps on tmp_path/data into tmp_path/train."""
+    return TrainConfig(
         model=str(model_dir),
-        data=[str(data)],
+        data=[str(tmp_path / "data")],
         out=str(tmp_path / "train"),
         lr=1e-2,
         max_steps=3,
@@ -84,7 +82,13 @@ def _train(tmp_path, model_dir, weight: float, **overrides):
         device="cpu",
         **overrides,
     )
-    return run(config)
+
+
+def _train(tmp_path, model_dir, weight: float, **overrides):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "data.jsonl", _examples(weight))
+    return run(_config(tmp_path, model_dir, **overrides))
 
 
 def test_full_fine_tune_changes_parameters(tmp_path, tiny_model_dir):
@@ -118,15 +122,7 @@ def test_lora_saves_a_merged_standard_model(tmp_path, tiny_model_dir):
 def test_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path, tiny_model_dir):
     out = _train(tmp_path, tiny_model_dir, weight=1.0)
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    config = TrainConfig(
-        model=str(tiny_model_dir),
-        data=[str(tmp_path / "data")],
-        out=str(tmp_path / "train"),
-        lr=1e-2,
-        max_steps=3,
-        batch_size=2,
-        device="cpu",
-    )
+    config = _config(tmp_path, tiny_model_dir)
     assert run(config) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     config.lr = 2e-2
@@ -159,17 +155,7 @@ def test_training_killed_while_saving_its_checkpoint_resumes(tmp_path, tiny_mode
     (checkpoint / "optimizer.pt").write_bytes(b"torn")
     shutil.rmtree(out)
     (tmp_path / "train" / "train.json").unlink()
-    config = TrainConfig(
-        model=str(tiny_model_dir),
-        data=[str(tmp_path / "data")],
-        out=str(tmp_path / "train"),
-        lr=1e-2,
-        max_steps=3,
-        batch_size=2,
-        device="cpu",
-        save_steps=2,
-    )
-    resumed = load_file(run(config) / "model.safetensors")
+    resumed = load_file(run(_config(tmp_path, tiny_model_dir, save_steps=2)) / "model.safetensors")
     assert all(torch.equal(trained[k], resumed[k]) for k in trained)
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 3
 
