@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from rise_llm.errors import check_sampling
+from rise_llm.errors import RiseError, check_sampling
 from rise_llm.records import Message
 
 BATCH_SIZE = 512
@@ -36,6 +36,14 @@ class SamplingParams:
 
     def with_seed(self, seed: int) -> SamplingParams:
         return replace(self, seed=seed)
+
+
+def stream_keys(conversations: Sequence, keys: Sequence[int] | None) -> Sequence[int]:
+    """The stream key of each conversation of a `generate` call: `keys`, or 0, 1, ... without."""
+    keys = range(len(conversations)) if keys is None else keys
+    if len(keys) != len(conversations):
+        raise RiseError(f"{len(conversations)} conversations but {len(keys)} stream keys")
+    return keys
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from rise_llm.chat import prompt_ids
-from rise_llm.engines.base import BATCH_SIZE, Completion, SamplingParams
+from rise_llm.engines.base import BATCH_SIZE, Completion, SamplingParams, stream_keys
 from rise_llm.engines.batch_sampler import BatchSampler
 from rise_llm.errors import RiseError
 from rise_llm.models import load_model_and_tokenizer
@@ -104,9 +104,7 @@ class HFEngine:
     ) -> list[list[Completion]]:
         if n < 1:
             raise RiseError(f"n must be at least 1, got {n}")
-        keys = range(len(conversations)) if keys is None else keys
-        if len(keys) != len(conversations):
-            raise RiseError(f"{len(conversations)} conversations but {len(keys)} stream keys")
+        keys = stream_keys(conversations, keys)
         prompts = [prompt_ids(self.tokenizer, c) for c in conversations]
         jobs = [(c, k) for c in range(len(prompts)) for k in range(n)]
         lengths = [len(prompts[c]) for c, _ in jobs]

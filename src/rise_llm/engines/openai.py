@@ -31,7 +31,7 @@ from typing import Any
 import openai
 
 from rise_llm import seeds
-from rise_llm.engines.base import Completion, SamplingParams
+from rise_llm.engines.base import Completion, SamplingParams, stream_keys
 from rise_llm.errors import RiseError
 from rise_llm.progress import progress_bar
 from rise_llm.records import Message
@@ -171,9 +171,7 @@ class OpenAIEngine:
             raise RiseError(f"n must be at least 1, got {n}")
         if not conversations:
             return []
-        keys = range(len(conversations)) if keys is None else keys
-        if len(keys) != len(conversations):
-            raise RiseError(f"{len(conversations)} conversations but {len(keys)} stream keys")
+        keys = stream_keys(conversations, keys)
         work = self._generate_all(conversations, n, params, desc, keys)
         try:
             asyncio.get_running_loop()
