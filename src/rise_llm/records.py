@@ -40,10 +40,16 @@ class Verdict:
     Reward follows METHOD.md: 1 correct, 0 wrong, -1 when no final answer can be extracted.
     `answer` is the canonical form of the extracted answer (None when there is none), so two
     responses with the same canonical answer vote for the same thing in a majority.
+    `feedback` is what the environment tells the model about the response before its next
+    attempt (the output of a failing visible test, the first wrong line of a solution); None
+    when the verifier gives none, and the retry message is then the task's plain one. It must
+    come from checks the model may see at test time, never from the hidden ones behind `reward`
+    (README "Feedback").
     """
 
     answer: str | None
     reward: int
+    feedback: str | None = None
 
     @property
     def correct(self) -> bool:
@@ -52,7 +58,8 @@ class Verdict:
 
 @dataclass
 class Turn:
-    """One attempt: the messages the model saw, what it wrote, and the verifier's verdict."""
+    """One attempt: the messages the model saw, what it wrote, and the verifier's verdict
+    (`feedback`: what the next retry message told the model of it, `Verdict.feedback`)."""
 
     index: int
     messages: list[Message]
@@ -61,6 +68,7 @@ class Turn:
     reward: int
     num_tokens: int = 0
     finish_reason: str = "stop"
+    feedback: str | None = None
 
     @property
     def correct(self) -> bool:
@@ -92,7 +100,8 @@ class Attempt:
     `degenerate` marks a response dropped by the repetition filter (METHOD.md); it is kept in
     the file so that nothing sampled is lost, but it is never chosen or trained on.
     `plain_reward` is the task's own reward when the collection judged with another verifier
-    (`reward` is then that verifier's), None otherwise.
+    (`reward` is then that verifier's), None otherwise. `feedback` is the task's feedback on
+    the response (`Verdict.feedback`), which the retry message after it shows.
     """
 
     response: str
@@ -101,6 +110,7 @@ class Attempt:
     num_tokens: int = 0
     degenerate: bool = False
     plain_reward: int | None = None
+    feedback: str | None = None
 
     @property
     def correct(self) -> bool:
