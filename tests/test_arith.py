@@ -6,10 +6,13 @@ import re
 
 import pytest
 
+from rise_llm.engines.base import Completion, SamplingParams
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
+from rise_llm.rollout import sequential_episodes
 from rise_llm.tasks import get_task
 from rise_llm.tasks.arith import ArithTask, render_expression, split_of, work_error
+from rise_llm.tasks.base import REFERENCE_RETRY, fill
 
 
 def expression(problem: Problem) -> str:
@@ -250,7 +253,7 @@ RIGHT = "6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}"
         (  # right answer through a wrong line
             "6 + 4 = 11\n11 - 8 = 3\n3 - 2 = 1\n1 + 8 = 8\nAnswer: \\boxed{8}",
             0,
-            "line 1: 6 + 4 = 11 is wrong (6 + 4 = 10)",
+            "line 1: 6 + 4 = 11 is wrong",
         ),
         (  # a broken chain: line 3 starts from another value than line 2's result
             "6 + 4 = 10\n10 - 8 = 2\n4 - 2 = 2\n0 + 8 = 8\nAnswer: \\boxed{8}",
@@ -287,7 +290,7 @@ RIGHT = "6 + 4 = 10\n10 - 8 = 2\n2 - 2 = 0\n0 + 8 = 8\nAnswer: \\boxed{8}"
         (  # a retraction that redoes the step wrong again
             "6 + 4 = 11\nWait: 6 + 4 = 12\n12 - 8 = 4\n4 - 2 = 2\n2 + 8 = 8\nAnswer: \\boxed{8}",
             0,
-            "line 1: 6 + 4 = 12 is wrong (6 + 4 = 10)",
+            "line 1: 6 + 4 = 12 is wrong",
         ),
         ("6 + 4 = 10", -1, "line 2 is missing (4 steps, 1 lines)"),  # no answer stays -1
     ],
@@ -301,9 +304,56 @@ def test_strict_verifier_checks_every_line(response, reward, why):
     assert strict.reward == reward
     assert strict.answer == plain.answer  # the same vote in a majority
     assert plain.reward >= strict.reward  # strict only ever demotes
+    assert plain.feedback is None  # no feedback unless asked for: the reference retry message
+    # step feedback: the same line check names the first wrong line, never the right result
+    lines = ArithTask(feedback="lines")
+    feedback = lines.verify(STRICT_PROBLEM, response).feedback
+    assert lines.verify_strict(STRICT_PROBLEM, response).feedback == feedback
+    if why is not None:
+        assert feedback == why[0].upper() + why[1:] + "."
+    elif plain.reward == 1:
+        assert feedback == "Every line is right."
+    else:
+        assert (
+            feedback == "Every line is right, but the boxed answer is not the last line's result."
+        )
 
 
 def test_strict_verifier_passes_every_reference_solution():
     task = ArithTask(min_steps=1, max_steps=6, ops="+-*", allow_negative=True)
     for problem in task.problems("test", 300):
         assert task.verify_strict(problem, task.solution(problem)).reward == 1
+
+
+def test_step_feedback_reaches_the_next_prompt_and_the_records():
+    """With `feedback: lines` the retry message after an attempt names its first wrong line;
+    the plain task keeps the reference message word for word."""
+    wrong = "6 + 4 = 11\n11 - 8 = 3\n3 - 2 = 1\n1 + 8 = 9\nAnswer: \\boxed{9}"
+
+    class Scripted:
+        def generate(self, convs, n=1, params=None, desc="", keys=None):
+            return [
+                [Completion(t, len(t), "stop")]
+                for t in (wrong if len(c) == 1 else RIGHT for c in convs)
+            ]
+
+    with_lines = get_task("arith", feedback="lines")
+    plain = get_task("arith")
+    for task, expected in [
+        (
+            with_lines,
+            "Checking your work: Line 1: 6 + 4 = 11 is wrong. Please try again. "
+            f"Here's the question: {STRICT_PROBLEM.question}",
+        ),
+        (plain, fill(REFERENCE_RETRY, STRICT_PROBLEM)),
+    ]:
+        (episode,) = sequential_episodes(
+            Scripted(), task, [STRICT_PROBLEM], 3, 2, SamplingParams(), oracle=True
+        )
+        assert [t.reward for t in episode.turns] == [0, 1]  # the oracle stops at the fix
+        assert episode.turns[1].messages[-1] == {"role": "user", "content": expected}
+        if task is with_lines:
+            assert [t.feedback for t in episode.turns] == [
+                "Line 1: 6 + 4 = 11 is wrong.",
+                "Every line is right.",
+            ]

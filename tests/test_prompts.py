@@ -79,7 +79,7 @@ def test_system_prompt_and_retry_template_reach_every_turn() -> None:
         system_prompt="You are a careful tutor.",
         retry_template="Wrong. Look again at: {question}",
     )
-    messages = context(task.prompt, PROBLEM, ["first try", "second try"], window=2)
+    messages = context(task.prompt, PROBLEM, [("first try", None), ("second try", None)], window=2)
     assert messages[0] == {"role": "system", "content": "You are a careful tutor."}
     assert messages[1:3] == [
         {"role": "user", "content": INSTRUCTION + DEMONSTRATION_PROBLEM},

@@ -72,7 +72,7 @@ def test_context_window_keeps_first_prompt_and_last_pairs():
     engine = ScriptedEngine()
     eps = sequential_episodes(engine, task, PROBLEMS, 3, 3, SamplingParams(), oracle=False)
     turns = eps[0].turns
-    responses = [t.response for t in turns]
+    responses = [(t.response, t.feedback) for t in turns]
     first = task.prompt.first_messages(PROBLEMS[0])
     assert context(task.prompt, PROBLEMS[0], responses, window=1) == first
     two = context(task.prompt, PROBLEMS[0], responses, window=2)

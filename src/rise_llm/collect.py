@@ -42,6 +42,7 @@ from rise_llm.errors import (
     check_device,
     check_sampling,
 )
+from rise_llm.judging import parallel_checks
 from rise_llm.progress import console
 from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import (
@@ -51,11 +52,12 @@ from rise_llm.records import (
     CollectedTurn,
     Message,
     Problem,
+    Verdict,
     read_jsonl_for_resume,
     write_jsonl,
 )
 from rise_llm.report import collection_table, stdout
-from rise_llm.rollout import context, play_turns
+from rise_llm.rollout import Shown, context, play_turns
 from rise_llm.tasks import get_task
 from rise_llm.tasks.base import Task
 from rise_llm.verifiers import stage_verifier
@@ -217,7 +219,7 @@ def choose(attempts: list[Attempt], previous: str | None = None, selection: str 
 def keep_turn(task: Task, problem: Problem, first: CollectedTurn, window: int) -> CollectedTurn:
     """The state after a correct first attempt with the retry message, targeting that attempt."""
     attempt = first.chosen_attempt
-    messages = context(task.prompt, problem, [attempt.response], window)
+    messages = context(task.prompt, problem, [(attempt.response, attempt.feedback)], window)
     return CollectedTurn(index=2, messages=messages, attempts=[attempt], chosen=0, source=KEEP)
 
 
@@ -232,16 +234,26 @@ def collect_chunk(
     """Roll out one chunk of problems; turn t of all its running episodes is one batch."""
     episodes = [CollectedEpisode(problem_id=p.id, turns=[]) for p in problems]
     source = "teacher" if config.teacher else "self"
-    judge = stage_verifier(task, config.verifier)
+    by_stage = stage_verifier(task, config.verifier)
 
     def sampler(t: int) -> tuple[Engine, int]:
         return (learner, 1) if t == 1 else (improver, config.samples)
 
-    def step(i: int, t: int, messages: list[Message], completions: list[Completion]) -> str | None:
+    def judge(problem: Problem, response: str) -> tuple[Verdict, Verdict]:
+        """The stage's verdict (reward, choice) and the task's own (its reward, the feedback
+        the environment gives: the same verdict when the stage has no verifier of its own)."""
+        verdict = by_stage(problem, response)
+        return verdict, task.verify(problem, response) if config.verifier else verdict
+
+    def step(
+        i: int,
+        t: int,
+        messages: list[Message],
+        completions: list[Completion],
+        verdicts: list[tuple[Verdict, Verdict]],
+    ) -> Shown | None:
         attempts = []
-        for c in completions:
-            verdict = judge(problems[i], c.text)
-            plain = task.verify(problems[i], c.text).reward if config.verifier else None
+        for c, (verdict, own) in zip(completions, verdicts, strict=True):
             attempts.append(
                 Attempt(
                     response=c.text,
@@ -249,7 +261,8 @@ def collect_chunk(
                     reward=verdict.reward,
                     num_tokens=c.num_tokens,
                     degenerate=is_degenerate(c.text, config.max_word_repeats),
-                    plain_reward=plain,
+                    plain_reward=own.reward if config.verifier else None,
+                    feedback=own.feedback,
                 )
             )
         turns = episodes[i].turns
@@ -265,7 +278,7 @@ def collect_chunk(
             )
         )
         if chosen >= 0 and attempts[chosen].reward != 1:
-            return attempts[chosen].response
+            return attempts[chosen].response, attempts[chosen].feedback
         if chosen >= 0 and t == 1 and config.keep_states:
             turns.append(keep_turn(task, problems[i], turns[0], config.context_window))
         return None
@@ -277,8 +290,10 @@ def collect_chunk(
         config.context_window,
         params,
         sampler,
+        judge,
         step,
         "collect",
+        parallel_checks(task),
     )
     return episodes
 

@@ -1,22 +1,26 @@
 """Multi-turn episodes: attempt, verifier reward, feedback, next attempt (METHOD.md, "Episode").
 
-Turn t of every still-running episode is one batched engine call. In oracle mode an episode
-stops at its first correct attempt; without the oracle it always runs all turns and gets the same
-retry message whatever the truth (rewards are only recorded).
+Turn t of every still-running episode is one batched engine call, and its responses are judged
+together (`judging.judge_all`: a pool when the task's checks run programs). In oracle mode an
+episode stops at its first correct attempt; without the oracle it always runs all turns. The
+retry message after an attempt is the task's, with the verifier's feedback on that attempt when
+it gives one (`Verdict.feedback`); feedback comes from checks the model may see at test time,
+never from the reward (README "Feedback"), so it is the same in both modes.
 
-So while the feedback does not depend on the attempt, an oracle episode is a prefix of a
-no-oracle one (the same contexts up to its first correct attempt), and a no-oracle turn 1 is
-a turn-1 sample like the parallel ones: `oracle_prefixes` and `with_first_turns` read those
-modes off the no-oracle episodes, with the same distribution as sampling them on their own.
+So an oracle episode is a prefix of a no-oracle one (the same contexts up to its first correct
+attempt), and a no-oracle turn 1 is a turn-1 sample like the parallel ones: `oracle_prefixes`
+and `with_first_turns` read those modes off the no-oracle episodes, with the same distribution
+as sampling them on their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from rise_llm.engines.base import Completion, Engine, SamplingParams
-from rise_llm.records import Episode, Message, Problem, Turn
+from rise_llm.judging import judge_all, parallel_checks
+from rise_llm.records import Episode, Message, Problem, Turn, Verdict
 from rise_llm.seeds import problem_key, turn_seed
 from rise_llm.tasks.base import Task
 
@@ -35,30 +39,37 @@ class Prompt(Protocol):
 
     def first_messages(self, problem: Problem) -> list[Message]: ...
 
-    def retry_message(self, problem: Problem) -> Message: ...
+    def retry_message(self, problem: Problem, feedback: str | None = None) -> Message: ...
+
+
+Shown = tuple[str, str | None]
+"""An earlier attempt as the model sees it again: its response and the feedback on it."""
 
 
 def context(
-    prompt: Prompt, problem: Problem, responses: Sequence[str], window: int
+    prompt: Prompt, problem: Problem, history: Sequence[Shown], window: int
 ) -> list[Message]:
-    """The messages the model sees before its next attempt, given its earlier `responses`.
+    """The messages the model sees before its next attempt, given its earlier attempts.
 
-    The first prompt plus only the most recent `window - 1` attempt/feedback pairs (METHOD.md:
-    a model never sees a longer history than it was trained on). window=1 shows no history.
+    The first prompt plus only the most recent `window - 1` attempts, each followed by the
+    retry message with the feedback it got (METHOD.md: a model never sees a longer history
+    than it was trained on). window=1 shows no history.
     """
     messages = prompt.first_messages(problem)
-    kept = responses[max(0, len(responses) - (window - 1)) :] if window > 1 else []
-    for response in kept:
+    kept = history[max(0, len(history) - (window - 1)) :] if window > 1 else []
+    for response, feedback in kept:
         messages.append({"role": "assistant", "content": response})
-        messages.append(prompt.retry_message(problem))
+        messages.append(prompt.retry_message(problem, feedback))
     return messages
 
 
 # (engine, samples) that answer turn t
 Sampler = Callable[[int], tuple[Engine, int]]
-# records turn t of episode i (its messages and completions) and returns the response the
-# episode goes on from, or None when it stops there
-Step = Callable[[int, int, list[Message], list[Completion]], str | None]
+# judges one response of a problem: a Verdict, or whatever the step reads (collection: two)
+Judge = Callable[[Problem, str], Any]
+# records turn t of episode i (its messages, completions and their judgements) and returns the
+# attempt the episode goes on from, with its feedback, or None when it stops there
+Step = Callable[[int, int, list[Message], list[Completion], list[Any]], Shown | None]
 
 
 def play_turns(
@@ -68,19 +79,22 @@ def play_turns(
     window: int,
     params: SamplingParams,
     sampler: Sampler,
+    judge: Judge,
     step: Step,
     desc: str,
+    workers: int = 1,
 ) -> None:
     """The one episode loop: collection, evaluation and `rise serve --rise-turns` all play it.
 
     Turn t of every running episode is one batched call of `sampler(t)`'s engine for its number
     of samples, seeded `turn_seed(params.seed, t)`, each episode's samples keyed by its problem
-    (`seeds.problem_key`: the same draws in any batch, chunk or shard); the context shows the
-    responses `step` returned for earlier turns, within `window`. Which completion an episode
-    goes on from (one sample, best-of-N, a teacher's) and when it stops (oracle, a solved
-    state) is `step`'s.
+    (`seeds.problem_key`: the same draws in any batch, chunk or shard). All its completions are
+    then judged, `workers` at a time; the context shows the attempts `step` returned for
+    earlier turns with their feedback, within `window`. Which completion an episode goes on
+    from (one sample, best-of-N, a teacher's) and when it stops (oracle, a solved state) is
+    `step`'s.
     """
-    shown: list[list[str]] = [[] for _ in problems]
+    shown: list[list[Shown]] = [[] for _ in problems]
     running = list(range(len(problems)))
     for t in range(1, turns + 1):
         if not running:
@@ -94,20 +108,22 @@ def play_turns(
             desc=f"{desc} turn {t}",
             keys=[problem_key(problems[i].id) for i in running],
         )
+        pairs = [(problems[i], c.text) for i, cs in zip(running, outs, strict=True) for c in cs]
+        judgements = iter(judge_all(judge, pairs, workers, f"{desc} turn {t} checks"))
         still_running = []
         for i, messages, completions in zip(running, convs, outs, strict=True):
-            response = step(i, t, messages, completions)
-            if response is not None:
-                shown[i].append(response)
+            judged = [next(judgements) for _ in completions]
+            attempt = step(i, t, messages, completions, judged)
+            if attempt is not None:
+                shown[i].append(attempt)
                 still_running.append(i)
         running = still_running
 
 
 def judged_turn(
-    task: Task, problem: Problem, index: int, messages: list[Message], completion: Completion
+    index: int, messages: list[Message], completion: Completion, verdict: Verdict
 ) -> Turn:
-    """A sampled completion as a Turn, with the verifier's answer and reward."""
-    verdict = task.verify(problem, completion.text)
+    """A sampled completion as a Turn, with the verifier's answer, reward and feedback."""
     return Turn(
         index=index,
         messages=messages,
@@ -116,6 +132,7 @@ def judged_turn(
         reward=verdict.reward,
         num_tokens=completion.num_tokens,
         finish_reason=completion.finish_reason,
+        feedback=verdict.feedback,
     )
 
 
@@ -132,13 +149,25 @@ def sequential_episodes(
     mode = "oracle" if oracle else "no_oracle"
     episodes = [Episode(problem_id=p.id, mode=mode, turns=[]) for p in problems]
 
-    def step(i: int, t: int, messages: list[Message], completions: list[Completion]) -> str | None:
-        (completion,) = completions
-        turn = judged_turn(task, problems[i], t, messages, completion)
+    def step(
+        i: int, t: int, messages: list[Message], completions: list[Completion], verdicts: list
+    ) -> Shown | None:
+        turn = judged_turn(t, messages, *completions, *verdicts)
         episodes[i].turns.append(turn)
-        return None if oracle and turn.correct else turn.response
+        return None if oracle and turn.correct else (turn.response, turn.feedback)
 
-    play_turns(task.prompt, problems, turns, window, params, lambda t: (engine, 1), step, mode)
+    play_turns(
+        task.prompt,
+        problems,
+        turns,
+        window,
+        params,
+        lambda t: (engine, 1),
+        task.verify,
+        step,
+        mode,
+        parallel_checks(task),
+    )
     return episodes
 
 
@@ -149,10 +178,12 @@ def parallel_episodes(
     convs = [task.prompt.first_messages(p) for p in problems]
     keys = [problem_key(p.id) for p in problems]
     outs = engine.generate(convs, n=samples, params=params, desc="parallel turn 1", keys=keys)
+    pairs = [(p, c.text) for p, cs in zip(problems, outs, strict=True) for c in cs]
+    verdicts = iter(judge_all(task.verify, pairs, parallel_checks(task), "parallel checks"))
     episodes = []
     for problem, messages, completions in zip(problems, convs, outs, strict=True):
         for k, completion in enumerate(completions):
-            turn = judged_turn(task, problem, 1, messages, completion)
+            turn = judged_turn(1, messages, completion, next(verdicts))
             episodes.append(Episode(problem_id=problem.id, mode="parallel", turns=[turn], sample=k))
     return episodes
 

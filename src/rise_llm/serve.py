@@ -150,8 +150,8 @@ class _RequestPrompt:
     def first_messages(self, problem: Problem) -> list[Message]:
         return [dict(m) for m in self.messages]
 
-    def retry_message(self, problem: Problem) -> Message:
-        return self.retry.retry_message(problem)
+    def retry_message(self, problem: Problem, feedback: str | None = None) -> Message:
+        return self.retry.retry_message(problem, feedback)
 
 
 @dataclass
@@ -200,12 +200,17 @@ def rise_answers(
     problems = [Problem(id=str(k), question=question, answer="") for k in range(n)]
     episodes: list[list[Turn]] = [[] for _ in problems]
 
-    def step(i: int, t: int, shown: list[Message], completions: list[Completion]) -> str:
-        (completion,) = completions
-        episodes[i].append(judged_turn(task, problems[i], t, shown, completion))
-        return completion.text
+    def step(
+        i: int, t: int, shown: list[Message], completions: list[Completion], verdicts: list
+    ) -> tuple[str, None]:
+        ((completion,), (verdict,)) = completions, verdicts
+        episodes[i].append(judged_turn(t, shown, completion, verdict))
+        # a request has no checks to give feedback from: the plain retry message follows
+        return completion.text, None
 
-    play_turns(prompt, problems, turns, window, params, lambda t: (engine, 1), step, "rise")
+    play_turns(
+        prompt, problems, turns, window, params, lambda t: (engine, 1), task.verify, step, "rise"
+    )
     answers = []
     for episode in episodes:
         winner = majority_answer(episode)

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from rise_llm.errors import RiseError
 from rise_llm.tasks.arith import ArithTask
-from rise_llm.tasks.base import PromptFormat, Task
+from rise_llm.tasks.base import REFERENCE_RETRY, PromptFormat, Task
 from rise_llm.tasks.gsm8k import GSM8KTask
 from rise_llm.tasks.jsonl import JsonlTask
 from rise_llm.tasks.math import MathTask
@@ -41,8 +41,18 @@ def _prompt_format(factory: Callable[..., Task], options: dict[str, Any]) -> Pro
     return build_prompt_format(
         given.pop("prompt", getattr(factory, "PROMPT_STYLE", "zero-shot")),
         getattr(factory, "ZERO_SHOT_TEMPLATE", "{question}"),
+        default_retry=_default_retry(factory, options),
         **given,
     )
+
+
+def _default_retry(factory: Callable[..., Task], options: dict[str, Any]) -> str:
+    """The task's own retry message: its RETRY_TEMPLATE (the reference's when it has none), or
+    its FEEDBACK_RETRY_TEMPLATE, which places `{feedback}`, when an option turns feedback on."""
+    feedback = options.get("feedback", "none")
+    if feedback != "none" and hasattr(factory, "FEEDBACK_RETRY_TEMPLATE"):
+        return factory.FEEDBACK_RETRY_TEMPLATE
+    return getattr(factory, "RETRY_TEMPLATE", REFERENCE_RETRY)
 
 
 def get_task(name: str, **options: Any) -> Task:

@@ -11,15 +11,23 @@ Two verifiers: `verify` (the task's own, used for evaluation) checks the final a
 correct only when its lines are the problem's steps in order, each `a op b = c` right and chained
 (each line's first operand is the previous line's result). A sampled toy model often reaches the
 right total through wrong lines; training on such "correct" targets teaches wrong arithmetic.
+
+Step feedback (option `feedback: lines`): the same line check (`work_error`, one implementation)
+names the first wrong line of an attempt in the retry message, "Line 2: 7 * 8 = 54 is wrong." —
+the environment feedback of the paper's "with environment feedback" setting. It needs only the
+question (the steps are in it), as a calculator would, so evaluation without the oracle may show
+it (README "Feedback"); it never says what the right result is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from rise_llm.answers import number_verdict, parse_number
 from rise_llm.errors import RiseError
@@ -27,6 +35,7 @@ from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.base import PromptFormat
 
 SPLITS = ("train", "test")
+FEEDBACKS = ("none", "lines")
 _TEST_BUCKETS = 2  # of 10 hash buckets: 20% of the problem space is test, the rest train
 
 
@@ -99,7 +108,7 @@ def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str |
     a retraction (`Wait: ...`) does not count; the retraction's own step does.
 
     >>> work_error(6, [("+", 4), ("-", 8)], "6 + 4 = 11\\n11 - 8 = 3\\nAnswer: \\\\boxed{3}")
-    'line 1: 6 + 4 = 11 is wrong (6 + 4 = 10)'
+    'line 1: 6 + 4 = 11 is wrong'
     """
     lines = [ln for ln in response.splitlines() if ln.strip()]
     work = [ln for ln in lines if "\\boxed" not in ln and not ln.strip().startswith("Answer")]
@@ -110,7 +119,7 @@ def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str |
             return f"line {i} is missing ({len(steps)} steps, {len(work)} lines)"
         match = LINE.match(work[i - 1])
         if match is None:
-            return f"line {i}: {work[i - 1].strip()!r} is not `a op b = c`"
+            return f"line {i}: {_short(work[i - 1].strip())!r} is not `a op b = c`"
         a, got_op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
         if a != value:
             return f"line {i}: starts from {a}, not {value} (the chain is broken)"
@@ -118,10 +127,32 @@ def work_error(start: int, steps: list[tuple[str, int]], response: str) -> str |
             return f"line {i}: does `{got_op} {b}`, the problem's step {i} is `{op} {operand}`"
         value = apply(value, op, operand)
         if c != value:
-            return f"line {i}: {a} {op} {b} = {c} is wrong ({a} {op} {b} = {value})"
+            return f"line {i}: {a} {op} {b} = {c} is wrong"
     if len(work) > len(steps):
         return f"{len(work) - len(steps)} line(s) past the problem's {len(steps)} steps"
     return None
+
+
+def _short(line: str, most: int = 40) -> str:
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
+def line_feedback(error: str | None, reward: int) -> str:
+    """The step feedback on an attempt: its first wrong line (`work_error`), or what is left
+    when every line is right.
+
+    >>> line_feedback("line 2: 7 * 8 = 54 is wrong", 0)
+    'Line 2: 7 * 8 = 54 is wrong.'
+    >>> line_feedback(None, 1)
+    'Every line is right.'
+    """
+    if error is not None:
+        return error[0].upper() + error[1:] + "."
+    if reward == -1:
+        return "Every line is right, but there is no \\boxed{} answer."
+    if reward != 1:
+        return "Every line is right, but the boxed answer is not the last line's result."
+    return "Every line is right."
 
 
 def steps_of(problem: Problem) -> list[tuple[str, int]]:
@@ -145,6 +176,9 @@ class ArithTask:
         max_multiplier: operands of `*` are drawn from 2..max_multiplier.
         allow_negative: when False, a subtraction never takes the running value below zero.
         seed: which problems are drawn (splits stay disjoint for every seed).
+        feedback: `none` (the plain retry message, the reference) or `lines` (the retry message
+            names the attempt's first wrong line, `line_feedback`; its default retry template
+            is FEEDBACK_RETRY_TEMPLATE).
     """
 
     min_steps: int = 2
@@ -154,8 +188,15 @@ class ArithTask:
     max_multiplier: int = 5
     allow_negative: bool = False
     seed: int = 0
+    feedback: str = "none"
     prompt: PromptFormat = field(default_factory=PromptFormat)
     name: str = "arith"
+
+    FEEDBACK_RETRY_TEMPLATE: ClassVar[str] = (
+        "Checking your work: {feedback} Please try again. Here's the question: {question}"
+    )
+    """The retry message with step feedback: the reference's, the verdict in place of its
+    "The answer is incorrect."."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -170,6 +211,10 @@ class ArithTask:
             raise RiseError("arith: ops='-' alone needs allow_negative=True (values go below 0)")
         if "*" in self.ops and self.max_multiplier < 2:
             raise RiseError(f"arith: max_multiplier must be at least 2, got {self.max_multiplier}")
+        if self.feedback not in FEEDBACKS:
+            raise RiseError(
+                f"arith: feedback must be one of {', '.join(FEEDBACKS)}, got {self.feedback!r}"
+            )
 
     @property
     def default_max_new_tokens(self) -> int:
@@ -246,8 +291,12 @@ class ArithTask:
         verdict = self.verify(problem, response)
         start = problem.meta["start"]
         if verdict.reward == 1 and work_error(start, steps_of(problem), response) is not None:
-            return Verdict(answer=verdict.answer, reward=0)
+            return dataclasses.replace(verdict, reward=0)
         return verdict
 
     def verify(self, problem: Problem, response: str) -> Verdict:
-        return number_verdict(problem.answer, response, read=parse_number)
+        verdict = number_verdict(problem.answer, response, read=parse_number)
+        if self.feedback == "lines":
+            error = work_error(problem.meta["start"], steps_of(problem), response)
+            verdict.feedback = line_feedback(error, verdict.reward)
+        return verdict

@@ -16,23 +16,31 @@ REFERENCE_RETRY = "The answer is incorrect. Please try again. Here's the questio
 """The retry message of the authors' reference code; it restates the question."""
 
 
-def fill(template: str, problem: Problem) -> str:
-    """`template` with `{question}` replaced by the problem's text.
+def fill(template: str, problem: Problem, feedback: str | None = None) -> str:
+    """`template` with `{question}` replaced by the problem's text and `{feedback}` by the
+    feedback on the previous attempt (`Verdict.feedback`; nothing when there is none).
 
     Plain replacement rather than `str.format`, so templates may hold LaTeX braces such as
-    `\\boxed{Your Answer}` and questions may hold anything.
+    `\\boxed{Your Answer}` and questions may hold anything. The feedback goes in first, so a
+    `{question}` inside it (model-written code may hold one) stays as written.
+
+    >>> fill("{feedback} Try again: {question}", Problem("p", "2+2?", "4"), "line 1 is wrong.")
+    'line 1 is wrong. Try again: 2+2?'
     """
-    return template.replace("{question}", problem.question)
+    parts = template.split("{question}")
+    parts = [part.replace("{feedback}", feedback or "") for part in parts]
+    return problem.question.join(parts)
 
 
 @dataclass(frozen=True)
 class PromptFormat:
     """How a problem is put to the model.
 
-    question_template formats the first user message; retry_template is the feedback sent after
-    an attempt (`{question}` is substituted in both); system_prompt, when set, opens every
-    conversation; demonstration is a worked example (user and assistant messages) shown before
-    the problem: empty for zero-shot, one pair for the reference one-shot format.
+    question_template formats the first user message; retry_template is the message sent after
+    an attempt (`{question}` is substituted in both, and `{feedback}` in the retry message by
+    the verifier's feedback on that attempt, `Verdict.feedback`); system_prompt, when set,
+    opens every conversation; demonstration is a worked example (user and assistant messages)
+    shown before the problem: empty for zero-shot, one pair for the reference one-shot format.
     """
 
     question_template: str = "{question}"
@@ -48,8 +56,8 @@ class PromptFormat:
         messages.append({"role": "user", "content": fill(self.question_template, problem)})
         return messages
 
-    def retry_message(self, problem: Problem) -> Message:
-        return {"role": "user", "content": fill(self.retry_template, problem)}
+    def retry_message(self, problem: Problem, feedback: str | None = None) -> Message:
+        return {"role": "user", "content": fill(self.retry_template, problem, feedback)}
 
 
 class Task(Protocol):

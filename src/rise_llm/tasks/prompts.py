@@ -5,7 +5,9 @@ Every task takes the same prompt options (`--task-option KEY=VALUE`, or `task_op
 - `prompt`: `zero-shot` (the problem alone, in the task's question template) or `one-shot`
   (the reference format: a worked demonstration, user and assistant, before the problem);
 - `question_template`: the user message that carries the problem (`{question}` is replaced);
-- `retry_template`: the feedback after an attempt (default: the reference retry message);
+- `retry_template`: the message after an attempt; `{feedback}` in it is replaced by the
+  verifier's feedback on that attempt (default: the task's own, the reference retry message
+  for tasks that give no feedback);
 - `system_prompt`: a system message that opens every conversation (default: none).
 
 The one-shot texts are those of the authors' reference code (utils/template.py and the
@@ -79,6 +81,7 @@ def build_prompt_format(
     question_template: str | None = None,
     retry_template: str | None = None,
     system_prompt: str | None = None,
+    default_retry: str = REFERENCE_RETRY,
 ) -> PromptFormat:
     """The PromptFormat of the prompt options; a task supplies its own zero-shot template.
 
@@ -100,7 +103,7 @@ def build_prompt_format(
     default_question = ONE_SHOT_QUESTION if one_shot else zero_shot_template
     return PromptFormat(
         question_template=question_template or default_question,
-        retry_template=REFERENCE_RETRY if retry_template is None else retry_template,
+        retry_template=default_retry if retry_template is None else retry_template,
         system_prompt=system_prompt or None,
         demonstration=ONE_SHOT_DEMONSTRATION if one_shot else (),
     )
