@@ -138,6 +138,13 @@ def verdict(problem, response):
 def boolean(problem, response):
     return response.strip() == problem.answer
 
+def hinted(problem, response):
+    right = response.strip() == problem.answer
+    return Verdict(answer=response.strip(), reward=int(right), feedback="too small" if not right else None)
+
+def numeric_feedback(problem, response):
+    return Verdict(answer=None, reward=0, feedback=3)
+
 def half(problem, response):
     return 0.5
 
@@ -166,6 +173,7 @@ PROBLEM = Problem(id="p1", question="Q", answer="42")
         ("verdict", " ABC ", Verdict(answer="abc", reward=0)),
         ("boolean", "42", Verdict(answer=None, reward=1)),
         ("boolean", r"\boxed{7}", Verdict(answer="7", reward=0)),
+        ("hinted", "41", Verdict(answer="41", reward=0, feedback="too small")),  # kept as given
     ],
 )
 def test_verifier_from_a_file_and_its_results(verifier_file, function, response, verdict) -> None:
@@ -188,7 +196,7 @@ def test_verifier_by_module_name_from_the_current_folder(verifier_file, monkeypa
         ("{dir}/missing.py:verify", r"file .*missing.py does not exist"),
         (
             "{file}:nothing",
-            r"has no function 'nothing'; it defines: boolean, crash, exact, half, verdict$",
+            r"has no function 'nothing'; it defines: boolean, crash, exact, half, hinted, numeric_feedback, verdict$",
         ),
         ("{file}:NOT_A_FUNCTION", r"NOT_A_FUNCTION is a int, not callable"),
         ("{file}:", r"expected module:function"),
@@ -208,6 +216,9 @@ def test_bad_verifiers_are_one_line_errors(tmp_path, verifier_file, spec, messag
 def test_bad_verifier_results_and_crashes(verifier_file) -> None:
     task = JsonlTask(path=str(verifier_file), verifier=f"{verifier_file}:half")
     with pytest.raises(RiseError, match=r"returned 0.5 for problem p1; return 1 .* or a Verdict"):
+        task.verify(PROBLEM, "x")
+    task = JsonlTask(path=str(verifier_file), verifier=f"{verifier_file}:numeric_feedback")
+    with pytest.raises(RiseError, match=r"gave feedback 3 for problem p1; feedback must be text"):
         task.verify(PROBLEM, "x")
     task = JsonlTask(path=str(verifier_file), verifier=f"{verifier_file}:crash")
     # a bug in user code is one line: the verifier, the problem, the exception and the user's

@@ -102,6 +102,28 @@ def config_from_flags(cls: type, args: argparse.Namespace, command: str, **extra
     return build(cls, {**extra, **given}, f"rise {command}", flags=True)
 
 
+UNSANDBOXED = "allow_unsandboxed_code"
+UNSANDBOXED_HELP = (
+    "run model-written code (the code tasks' tests) without the bubblewrap sandbox where bwrap "
+    "is missing, with resource limits but no isolation; the task option "
+    f"{UNSANDBOXED}: true in a config (README 'Running model-written code')"
+)
+
+
+def _code_tasks_option(args: argparse.Namespace) -> None:
+    """`--allow-unsandboxed-code` as the task option of that name, for the tasks that run code."""
+    from rise_llm.errors import RiseError
+    from rise_llm.tasks import TASKS
+
+    if not vars(args).pop(UNSANDBOXED, False):
+        return
+    task = getattr(args, "task", "arith")
+    factory = TASKS.get(task)
+    if factory is not None and UNSANDBOXED not in getattr(factory, "__dataclass_fields__", {}):
+        raise RiseError(f"--allow-unsandboxed-code: task {task!r} runs no model-written code")
+    args.task_options = [*(getattr(args, "task_options", None) or []), (UNSANDBOXED, True)]
+
+
 def _toy_model(args: argparse.Namespace) -> None:
     from rise_llm.toy_model import ToyModelConfig, build
 
@@ -114,12 +136,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     if "out" not in args:
         model, task = Path(args.model).name, getattr(args, "task", "arith")
         args.out = str(Path("runs") / "eval" / f"{model}-{task}-{getattr(args, 'split', 'test')}")
+    _code_tasks_option(args)
     evaluate_and_print(config_from_flags(EvaluateConfig, args, "evaluate"))
 
 
 def _collect(args: argparse.Namespace) -> None:
     from rise_llm.collect import CollectConfig, run
 
+    _code_tasks_option(args)
     run(config_from_flags(CollectConfig, args, "collect"))
 
 
@@ -148,6 +172,8 @@ def _run(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.allow_unsandboxed_code:
+        overrides.append(f"task_options.{UNSANDBOXED}=true")
     run(load_run_config(args.config, overrides))
 
 
@@ -224,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                 default=argparse.SUPPRESS,
                 help="output folder (default runs/eval/MODEL-TASK-SPLIT)",
             )
+        if name in ("evaluate", "collect"):
+            p.add_argument("--allow-unsandboxed-code", action="store_true", help=UNSANDBOXED_HELP)
         p.set_defaults(handler=handler)
     run = sub.add_parser("run", help="RISE iterations from a YAML config")
     run.add_argument("config", help="YAML file (see configs/)")
@@ -231,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4"
     )
+    run.add_argument("--allow-unsandboxed-code", action="store_true", help=UNSANDBOXED_HELP)
     run.set_defaults(handler=_run)
     serve = sub.add_parser(
         "serve",

@@ -7,9 +7,10 @@ command after a crash or kill redoes only the modes that had not finished.
 
 By default every distinct state is sampled once (`reuse_samples`): the oracle episodes are the
 no-oracle ones cut after their first correct attempt, and the no-oracle turn 1 is one of the K
-parallel samples, so a problem costs K + (K - 1) samples instead of up to 3K. That holds while
-the feedback after an attempt is the same retry message whatever the attempt (`rollout.py`);
-`reuse_samples: false` samples each mode on its own.
+parallel samples, so a problem costs K + (K - 1) samples instead of up to 3K. That holds because
+the retry message after an attempt is the same in both modes: its feedback, when the task gives
+some, comes from the checks the model may see, never from the oracle's (`rollout.py`, README
+"Feedback between attempts"); `reuse_samples: false` samples each mode on its own.
 """
 
 from __future__ import annotations

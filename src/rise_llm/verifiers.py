@@ -8,7 +8,10 @@ A verifier is a plain callable `verify(problem, response)`:
 - it returns a reward, 1 correct, 0 wrong, -1 no final answer (METHOD.md; True/False count as
   1/0), or a `Verdict(answer, reward)`. With a bare reward, the answer used for majority votes
   is the content of the response's last `\\boxed{}` (none when the reward is -1). Return a
-  Verdict to give a canonical answer yourself, so that equal answers vote together.
+  Verdict to give a canonical answer yourself, so that equal answers vote together, or
+  feedback for the next attempt (`Verdict(answer, reward, feedback="...")`, shown where the
+  retry template has `{feedback}`; only what the model may see at test time, README "Feedback
+  between attempts").
 
 The `verifier` task option names it as one of:
 
@@ -156,8 +159,9 @@ def load_verifier(spec: str) -> Verifier:
 
 def as_verdict(result: Any, response: str, spec: str, problem: Problem) -> Verdict:
     """A verifier's return value as a Verdict; an error naming the verifier if it is not one."""
+    feedback = None
     if isinstance(result, Verdict):
-        reward, answer = result.reward, result.answer
+        reward, answer, feedback = result.reward, result.answer, result.feedback
     else:
         reward, answer = result, None
         if isinstance(reward, bool | int) and reward in (0, 1):
@@ -170,7 +174,12 @@ def as_verdict(result: Any, response: str, spec: str, problem: Problem) -> Verdi
             f"verifier {spec!r} returned {result!r} for problem {problem.id}; "
             "return 1 (correct), 0 (wrong), -1 (no answer) or a Verdict"
         )
-    return Verdict(answer=None if reward == -1 else answer, reward=reward)
+    if feedback is not None and not isinstance(feedback, str):
+        raise RiseError(
+            f"verifier {spec!r} gave feedback {feedback!r} for problem {problem.id}; "
+            "feedback must be text or None"
+        )
+    return Verdict(answer=None if reward == -1 else answer, reward=reward, feedback=feedback)
 
 
 def call_verifier(function: Verifier, spec: str, problem: Problem, response: str) -> Verdict:
