@@ -150,6 +150,7 @@ def test_report_of_evaluations_holds_their_numbers(tmp_path, capsys):
         assert data["browser"]["ids"][entry["problem"][i]] == ep.problem_id
         assert questions[entry["problem"][i]] == ep.turns[0].messages[-1]["content"]
         assert [a[:3] for a in attempts[i]] == [[t.response, t.answer, t.reward] for t in ep.turns]
+        assert [a[4] for a in attempts[i]] == [t.feedback for t in ep.turns]
         assert attempts[i][0][3] == [] and attempts[i][1][3][0] == 0  # "step one" is kept
 
 

@@ -9,7 +9,8 @@ the report's filters count and select:
 - `stuck`: the same wrong extracted answer at two consecutive turns;
 - `never`: wrong at every turn; `always`: right at every turn.
 
-The attempts (response, extracted answer, reward) travel gzip-compressed and base64-encoded
+The attempts (response, extracted answer, reward, and the feedback the retry message after it
+gave, README "Feedback between attempts") travel gzip-compressed and base64-encoded
 (`pack`), one blob for the problems and one per model, which the page unpacks only when the
 browser is opened: a 7B model's 1000-token responses on 1000 problems stay a file a browser
 opens (README "Report"). Each attempt after the first carries its line diff against the
@@ -97,7 +98,7 @@ def browser_data(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The browser's index (problem ids, and per model each episode's problem, rewards and
     tags: enough to count and list without unpacking) and its packed blobs ("problems" and
-    one per model: every attempt's response, answer and reward, and its line diff)."""
+    one per model: every attempt's response, answer, reward, line diff and feedback)."""
     ids: dict[str, int] = {}
     questions: list[str] = []
     index: dict[str, Any] = {"models": {}}
@@ -120,6 +121,7 @@ def browser_data(
                         t.answer,
                         t.reward,
                         line_diff(ep.turns[i - 1].response, t.response) if i else [],
+                        t.feedback,
                     ]
                     for i, t in enumerate(ep.turns)
                 ]

@@ -192,7 +192,7 @@
       column.dataset.model = label;
       if (label === state.model) chosen = column;
       column.appendChild(el("h4", "", label));
-      attempts.forEach(([response, answer, reward, ops], t) => {
+      attempts.forEach(([response, answer, reward, ops, feedback], t) => {
         const attempt = el("div", `attempt r${reward < 0 ? "m" : reward}`);
         attempt.dataset.turn = String(t + 1);
         attempt.appendChild(el("div", "attempt-head",
@@ -205,6 +205,8 @@
         } else {
           attempt.appendChild(diffView(attempts[t - 1][0], response, ops));
         }
+        // what the retry message after this attempt told the model (README "Feedback")
+        if (feedback) attempt.appendChild(el("pre", "feedback", `feedback: ${feedback}`));
         column.appendChild(attempt);
       });
       columns.appendChild(column);
