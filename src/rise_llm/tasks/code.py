@@ -26,8 +26,9 @@ Feedback text, at most `feedback_chars` characters (default 1000; longer text ke
 and end around a `[... feedback cut ...]` line):
 
 - a failing visible test: `Visible test 2 of 3 failed:`, the test, then for `assert A == B`
-  `AssertionError: got <repr of A>, expected <repr of B>`, else the last lines (at most 8) of
-  the traceback, filtered to the model's code and the test;
+  `AssertionError: got <repr of A>, expected <repr of B>` (each repr at most 300 characters),
+  else the last lines (at most 8, each at most 300 characters) of the traceback, filtered to
+  the model's code and the test;
 - code that fails before any test runs (a SyntaxError, an exception at import, the function
   not defined): `The code failed before the tests ran:` and the traceback's last lines;
 - all visible tests pass: `All visible tests passed (3 of 3).` (a problem without visible
@@ -146,8 +147,8 @@ def error_text(exc):
     te.stack = traceback.StackSummary.from_list(
         [f for f in te.stack if f.filename != __file__]
     )
-    lines = "".join(te.format()).rstrip("\n").split("\n")
-    return "\n".join(lines[-__LINES__:])
+    lines = "".join(te.format()).rstrip("\n").split("\n")[-__LINES__:]
+    return "\n".join(l if len(l) <= 300 else l[:200] + " [...] " + l[-80:] for l in lines)
 
 
 def check(source, filename, namespace):

@@ -333,6 +333,14 @@ class HumanEvalTask(CodeTask):
     SPLITS: ClassVar[tuple[str, ...]] = SPLITS
     ZERO_SHOT_TEMPLATE: ClassVar[str] = ZERO_SHOT
 
+    def problems(self, split: str, limit: int | None = None) -> list[Problem]:
+        if split not in SPLITS:
+            raise RiseError(
+                f"humaneval has only the split 'test', not {split!r}; to collect on it, pass "
+                "--split test (training then sees the problems it is evaluated on)"
+            )
+        return super().problems(split, limit)
+
     def source(self) -> str:
         """The data source used: `data`, else the bundled file, else the Hub id."""
         if self.data:
