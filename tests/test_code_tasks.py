@@ -350,6 +350,8 @@ def test_options_through_the_registry(mbpp_folder):
         assert "```python" in cls.ZERO_SHOT_TEMPLATE
     with pytest.raises(RiseError, match="timeout must be positive"):
         get_task("mbpp", timeout=0)
+    with pytest.raises(RiseError, match="code tasks are zero-shot"):
+        get_task("humaneval", prompt="one-shot")
 
 
 def test_verify_from_eight_threads_matches_serial(humaneval, mbpp_folder):

@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 from rise_llm.errors import RiseError
 from rise_llm.records import Problem, Verdict
 from rise_llm.tasks.loading import LoadedTask, Record, load_records
+from rise_llm.tasks.prompts import ONE_SHOT_DEMONSTRATION
 
 FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 PYTHON_TAGS = ("python", "py", "python3")
@@ -318,6 +319,11 @@ class CodeTask(LoadedTask):
             raise RiseError(f"{self.name}: option concurrency must be at least 1")
         if self.feedback_chars < 80:
             raise RiseError(f"{self.name}: option feedback_chars must be at least 80")
+        if self.prompt.demonstration == ONE_SHOT_DEMONSTRATION:
+            raise RiseError(
+                f"{self.name}: prompt=one-shot is the reference's math demonstration; "
+                "code tasks are zero-shot (drop the prompt option)"
+            )
 
     @property
     def parallel_checks(self) -> int:
