@@ -281,3 +281,13 @@ def _sandbox(limits: Limits) -> Sandbox:
         if os.environ.get("RISE_SANDBOX_TEST") == "required":
             pytest.fail(str(error))
         pytest.skip(str(error))
+
+
+def test_program_has_no_privileges(sandbox):
+    execution = sandbox.run(
+        "import os\nprint(os.getuid() != 0 or os.geteuid() != 0)\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+        "os.setuid(0)"
+    )
+    assert execution.status == "error" and "PermissionError" in execution.stderr
+    assert execution.stdout.split() == ["True", "0000000000000000"]
