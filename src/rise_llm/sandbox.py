@@ -1,18 +1,12 @@
-"""Run model-written Python programs under bubblewrap, with limits, many at a time.
+"""Run model-written Python programs in a sandbox, with limits, many at a time.
 
 A code task's verifier runs what the model wrote; on a user's machine that must not reach the
 network, the run folder, the home folder or the rest of the system, and must not outlive its
 limits. Rather than a sandbox of our own, each program runs under bubblewrap (`bwrap`, the
-sandbox Flatpak uses): new user, pid, network, ipc and uts namespaces, a read-only view of the
-system and of the Python interpreter running rise-llm, and a private size-limited tmpfs as its
-work folder. A tiny launcher inside the sandbox sets the resource limits (CPU time, address
-space, processes, file size) and then execs `python3 -I main.py`; the wall-time and output
-limits are ours: the whole process group is killed when either is reached.
-
-Processes are limited by RLIMIT_NPROC, which never binds uid 0 of the host. So when rise-llm
-runs as root, bwrap runs without a user namespace (real root, every capability dropped but
-setuid/setgid) and the launcher drops to an unused uid of its own before running the program;
-otherwise bwrap's user namespace counts the program's processes on their own.
+sandbox Flatpak uses; `sandbox_command.py` builds its command line) as `python3 -I main.py` in a
+private work folder. CPU time, memory, processes and file size are rlimits set inside the
+sandbox; wall time and output are watched here, and the whole process group is killed when
+either is reached. `run_many` runs programs in a pool of threads, each waiting on one process.
 
 Where bwrap is missing, `Sandbox` refuses to run code unless `allow_unsandboxed=True`: then the
 program runs as a plain subprocess in a temporary folder with the same limits and no isolation.
@@ -27,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import selectors
 import shutil
 import signal
@@ -41,33 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 from rise_llm.errors import RiseError
-
-WORK = "/sandbox"
-"""The program's private work folder inside the sandbox (a tmpfs; also its HOME and TMPDIR)."""
-
-SYSTEM = ("/usr", "/etc")
-"""Bound read-only into the sandbox; /bin, /lib* and /sbin follow as links or binds."""
+from rise_llm.sandbox_command import bwrap_command, environment, launcher, system_tasks
 
 ROOT_UIDS = range(1_000_000_000, 1_000_000_000 + 2**24)
 """Where a root host picks a fresh uid for each program: far above user and subuid ranges."""
-
-# Runs inside the sandbox before the program: limits that bind the process and its children,
-# then (as root on the host) an unused uid, then the program itself as `python3 -I main.py`.
-LAUNCHER = """\
-import os, resource, sys
-cpu, memory, processes, file_bytes, uid = map(int, sys.argv[1:6])
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if processes > 0:
-    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-if uid >= 0:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-os.execv(sys.executable, [sys.executable, "-I", "main.py"])
-"""
 
 
 @dataclass(frozen=True)
@@ -157,6 +129,7 @@ class Sandbox:
         self._python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self._root = os.geteuid() == 0
         self._uids_in_use: set[int] = set()
+        self._random = random.SystemRandom()  # not the global stream a user may have seeded
         self._lock = threading.Lock()
         self._bwrap = bwrap_path()
         why = None
@@ -193,38 +166,20 @@ class Sandbox:
         start = time.monotonic()
         with tempfile.TemporaryFile() as source_file, tempfile.TemporaryFile() as stdin_file:
             source_file.write(source.encode())
-            source_file.seek(0)
             stdin_file.write(stdin.encode())
+            source_file.seek(0)
             stdin_file.seek(0)
             if self.isolated:
-                uid = self._take_uid() if self._root else -1
-                try:
-                    proc = self._start_sandboxed(source_file.fileno(), stdin_file, uid)
-                    stdout, stderr, limit_hit = _communicate(proc, self.limits)
-                finally:
-                    if uid >= 0:
-                        with self._lock:
-                            self._uids_in_use.discard(uid)
-                # bwrap exits with 128 + the signal that ended the program, as shells report it
-                code, sig = proc.returncode, None
-                if code > 128:
-                    code, sig = None, code - 128
+                stdout, stderr, limit_hit, code = self._run_sandboxed(source_file, stdin_file)
             else:
-                with tempfile.TemporaryDirectory(prefix="rise-sandbox-") as work:
-                    with open(os.path.join(work, "main.py"), "wb") as main:
-                        shutil.copyfileobj(source_file, main)
-                    proc = self._start_unsandboxed(work, stdin_file)
-                    stdout, stderr, limit_hit = _communicate(proc, self.limits)
-                code, sig = proc.returncode, None
-                if code < 0:
-                    code, sig = None, -code
+                stdout, stderr, limit_hit, code = self._run_unsandboxed(source_file, stdin_file)
         seconds = time.monotonic() - start
-        out = stdout.decode(errors="replace")
-        err = stderr.decode(errors="replace")
-        status = limit_hit or _status(code, sig, err)
+        out, err = stdout.decode(errors="replace"), stderr.decode(errors="replace")
         if limit_hit:
-            code = sig = None
-        return Execution(status, code, out, err, seconds, sig, self.limits)
+            return Execution(limit_hit, None, out, err, seconds, None, self.limits)
+        # a negative code is a signal, as subprocess reports it
+        sig, code = (-code, None) if code < 0 else (None, code)
+        return Execution(_status(code, sig, err), code, out, err, seconds, sig, self.limits)
 
     def run_many(
         self, sources: Sequence[str], stdins: Sequence[str] | None = None
@@ -239,145 +194,105 @@ class Sandbox:
     def _take_uid(self) -> int:
         """A uid no other program of this Sandbox is running as (processes count per uid)."""
         with self._lock:
-            while (uid := random.choice(ROOT_UIDS)) in self._uids_in_use:
+            while (uid := self._random.choice(ROOT_UIDS)) in self._uids_in_use:
                 pass
             self._uids_in_use.add(uid)
             return uid
 
-    def _launch(self, processes: int, uid: int) -> list[str]:
-        limits = self.limits
-        return [
-            self._python,
-            "-I",
-            "-S",
-            "-c",
-            LAUNCHER,
-            str(limits.cpu_seconds),
-            str(limits.memory_mb * 2**20),
-            str(processes),
-            str(limits.file_mb * 2**20),
-            str(uid),
-        ]
+    def _run_sandboxed(self, source_file, stdin_file) -> tuple[bytes, bytes, str | None, int]:
+        uid = self._take_uid() if self._root else None
+        info_read, info_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                bwrap_command(
+                    self._bwrap, self._python, self.limits, source_file.fileno(), info_write, uid
+                ),
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(source_file.fileno(), info_write),
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                start_new_session=True,
+            )
+            os.close(info_write)
+            info_write = -1
+            stdout, stderr, limit_hit = _communicate(proc, self.limits, info_read)
+        finally:
+            os.close(info_read)
+            if info_write >= 0:
+                os.close(info_write)
+            if uid is not None:
+                with self._lock:
+                    self._uids_in_use.discard(uid)
+        # bwrap exits with 128 + the signal that ended the program, as shells report it
+        code = proc.returncode
+        return stdout, stderr, limit_hit, 128 - code if code > 128 else code
 
-    def _start_sandboxed(self, source_fd: int, stdin, uid: int) -> subprocess.Popen:
-        args = [self._bwrap, "--die-with-parent", "--new-session"]
-        if self._root:
-            # no user namespace: inside it the program would still be uid 0 of the host, which
-            # RLIMIT_NPROC never binds; the launcher drops to `uid` with the two capabilities
-            args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
-            args += ["--unshare-cgroup-try", "--cap-drop", "ALL"]
-            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        else:
-            args += ["--unshare-all", "--unshare-user", "--disable-userns"]
-        for path in SYSTEM:
-            args += ["--ro-bind", path, path]
-        for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-            if os.path.islink(name):
-                args += ["--symlink", os.readlink(name), name]
-            elif os.path.isdir(name):
-                args += ["--ro-bind", name, name]
-        for prefix in _interpreter_prefixes(self._python):
-            # its parents, as bwrap would make them, would copy the host's modes (/root: 0700)
-            parents = [os.path.dirname(prefix)]
-            while parents[-1] != "/":
-                parents.append(os.path.dirname(parents[-1]))
-            for parent in reversed(parents[:-1]):
-                args += ["--perms", "0755", "--dir", parent]
-            args += ["--ro-bind", prefix, prefix]
-        args += ["--proc", "/proc", "--dev", "/dev", "--hostname", "sandbox"]
-        args += ["--perms", "0777", "--size", str(self.limits.file_mb * 2**20), "--tmpfs", WORK]
-        args += ["--symlink", WORK, "/tmp", "--file", str(source_fd), f"{WORK}/main.py"]
-        args += ["--chdir", WORK, "--clearenv"]
-        for name, value in _environment(WORK).items():
-            args += ["--setenv", name, value]
-        args += ["--", *self._launch(self.limits.processes, uid)]
-        return subprocess.Popen(
-            args,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(source_fd,),
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            start_new_session=True,
-        )
-
-    def _start_unsandboxed(self, work: str, stdin) -> subprocess.Popen:
+    def _run_unsandboxed(self, source_file, stdin_file) -> tuple[bytes, bytes, str | None, int]:
         # RLIMIT_NPROC counts every process of the user here, and never binds root: allow the
         # system's current task count plus the limit, which still stops a fork bomb's growth
-        processes = 0 if self._root else _system_tasks() + self.limits.processes
-        return subprocess.Popen(
-            self._launch(processes, -1),
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=work,
-            env=_environment(work),
-            start_new_session=True,
-        )
+        processes = 0 if self._root else system_tasks() + self.limits.processes
+        with tempfile.TemporaryDirectory(prefix="rise-sandbox-") as work:
+            with open(os.path.join(work, "main.py"), "wb") as main:
+                shutil.copyfileobj(source_file, main)
+            proc = subprocess.Popen(
+                launcher(self._python, self.limits, processes, None),
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=work,
+                env=environment(work),
+                start_new_session=True,
+            )
+            stdout, stderr, limit_hit = _communicate(proc, self.limits)
+        return stdout, stderr, limit_hit, proc.returncode
 
 
-def _environment(work: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": work,
-        "TMPDIR": work,
-        "LANG": "C.UTF-8",
-    }
-
-
-def _interpreter_prefixes(python: str) -> list[str]:
-    """The folders the interpreter needs beyond the system's: its prefix (not the venv's)."""
-    wanted = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(python))}
-    covered = [*SYSTEM, "/bin", "/lib", "/lib64"]
-    prefixes: list[str] = []
-    for path in sorted(os.path.realpath(p) for p in wanted):
-        if not any(path == c or path.startswith(c + "/") for c in covered + prefixes):
-            prefixes.append(path)
-    return prefixes
-
-
-def _system_tasks() -> int:
-    """Processes and threads on the system now (the fourth field of /proc/loadavg), else 1000."""
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[1])
-    except (OSError, IndexError, ValueError):
-        return 1000
-
-
-def _communicate(proc: subprocess.Popen, limits: Limits) -> tuple[bytes, bytes, str | None]:
-    """Read the program's output until it ends or reaches a limit; then kill its process group.
+def _communicate(
+    proc: subprocess.Popen, limits: Limits, info_fd: int | None = None
+) -> tuple[bytes, bytes, str | None]:
+    """Read the program's output until it has ended or reached a limit, then end what is left.
 
     Returns stdout, stderr (together at most `limits.output_bytes`) and the limit reached
-    ("timeout", "output") or None. Reading stops once the program has exited even if a child
-    of it still holds the pipes open.
+    ("timeout", "output") or None. `info_fd` is bwrap's --info-fd: at a limit the sandbox's
+    pid 1 is killed, whose end kills every process of the sandbox before bwrap exits, so that
+    nothing of the program is left once this returns. Without it (unsandboxed) the process
+    group is killed.
     """
     deadline = time.monotonic() + limits.wall_seconds
     streams = (proc.stdout.fileno(), proc.stderr.fileno())
     chunks: dict[int, list[bytes]] = {fd: [] for fd in streams}
-    kept, limit_hit = 0, None
+    info, kept, limit_hit = b"", 0, None
     with selectors.DefaultSelector() as selector:
-        for stream in (proc.stdout, proc.stderr):
-            selector.register(stream, selectors.EVENT_READ)
-        while selector.get_map():
+        for fd in (*streams, info_fd) if info_fd is not None else streams:
+            selector.register(fd, selectors.EVENT_READ)
+        while any(fd in selector.get_map() for fd in streams):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 limit_hit = "timeout"
                 break
             ready = selector.select(min(remaining, 0.25))
             if not ready and _exited(proc.pid):
-                break
+                break  # a child of an unsandboxed program holds the pipes open
             for key, _ in ready:
                 data = os.read(key.fd, 65536)
                 if not data:
-                    selector.unregister(key.fileobj)
-                    continue
-                chunks[key.fd].append(data[: max(0, limits.output_bytes - kept)])
-                kept += len(data)
-                if kept > limits.output_bytes:
-                    limit_hit = "output"
+                    selector.unregister(key.fd)
+                elif key.fd == info_fd:
+                    info += data
+                else:
+                    chunks[key.fd].append(data[: max(0, limits.output_bytes - kept)])
+                    kept += len(data)
+                    if kept > limits.output_bytes:
+                        limit_hit = "output"
             if limit_hit:
                 break
+    if limit_hit is None and not _wait_exited(proc.pid, deadline):
+        limit_hit = "timeout"
+    if limit_hit and (found := re.search(rb'"child-pid": (\d+)', info)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(found.group(1)), signal.SIGKILL)
+        _wait_exited(proc.pid, time.monotonic() + 5)
     # the leader is not reaped yet, so its process group id cannot have been reused
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -388,9 +303,19 @@ def _communicate(proc: subprocess.Popen, limits: Limits) -> tuple[bytes, bytes, 
 
 
 def _exited(pid: int) -> bool:
-    """Whether `pid` has exited, without reaping it."""
-    result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    return result is not None
+    """Whether the child `pid` has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _wait_exited(pid: int, deadline: float) -> bool:
+    """Wait, without reaping, until the child `pid` has exited (True) or `deadline` passed."""
+    delay = 0.0005
+    while not _exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.02)
+    return True
 
 
 def _status(code: int | None, sig: int | None, stderr: str) -> str:
