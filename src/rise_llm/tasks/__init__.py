@@ -19,8 +19,10 @@ from rise_llm.errors import RiseError
 from rise_llm.tasks.arith import ArithTask
 from rise_llm.tasks.base import REFERENCE_RETRY, PromptFormat, Task
 from rise_llm.tasks.gsm8k import GSM8KTask
+from rise_llm.tasks.humaneval import HumanEvalTask
 from rise_llm.tasks.jsonl import JsonlTask
 from rise_llm.tasks.math import MathTask
+from rise_llm.tasks.mbpp import MBPPTask
 from rise_llm.tasks.prompts import PROMPT_OPTIONS, build_prompt_format
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -28,6 +30,8 @@ TASKS: dict[str, Callable[..., Task]] = {
     "gsm8k": GSM8KTask,
     "math": MathTask,
     "jsonl": JsonlTask,
+    "humaneval": HumanEvalTask,
+    "mbpp": MBPPTask,
 }
 
 

@@ -1,0 +1,129 @@
+"""The command line that starts one program in the sandbox: bubblewrap's arguments and the
+launcher that sets the program's limits from inside.
+
+bubblewrap (`bwrap`) gives the program new pid, network, ipc and uts namespaces (no network but
+its own loopback; no other process of the host visible), a root of its own with the system
+(/usr, /etc, /bin, /lib*) and the interpreter's prefix bound read-only, a fresh /proc and a
+minimal /dev, and a private size-limited tmpfs at /sandbox as its work folder, HOME and /tmp.
+Nothing else of the host exists there: not the run folder, not /work, not the host's /tmp, not
+the home folder. The environment is cleared. `--die-with-parent` ends the sandbox with its
+caller, and `--new-session` keeps it off the caller's terminal.
+
+The launcher is a few lines of Python run by the same interpreter inside the sandbox: it sets
+RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, then execs `python3 -I main.py`.
+RLIMIT_NPROC never binds uid 0 of the host, and bwrap's user namespace maps the program to the
+caller's uid, so as root a fork bomb would not be held. As root, then, bwrap runs without a user
+namespace, with every capability dropped but setuid/setgid, and the launcher drops to a uid of
+its own (unused on the host, one per running program, so programs do not share the count)
+before the exec; no_new_privs (bwrap sets it) keeps setuid files from giving anything back. As
+another user, bwrap's user namespace counts the program's processes apart from the user's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rise_llm.sandbox import Limits
+
+WORK = "/sandbox"
+"""The program's private work folder inside the sandbox (a tmpfs; also its HOME and TMPDIR)."""
+
+SYSTEM = ("/usr", "/etc")
+"""Bound read-only into the sandbox; /bin, /lib* and /sbin follow as links or binds."""
+
+LAUNCHER = """\
+import os, resource, sys
+cpu, memory, processes, file_bytes, uid = map(int, sys.argv[1:6])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if processes > 0:
+    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+if uid >= 0:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+os.execv(sys.executable, [sys.executable, "-I", "main.py"])
+"""
+"""Sets the limits (and, as root, the uid), then runs main.py; the limits bind its children."""
+
+
+def launcher(python: str, limits: Limits, processes: int, uid: int | None) -> list[str]:
+    """`python` running the launcher: `processes` 0 sets no RLIMIT_NPROC, `uid` None keeps it."""
+    return [
+        python,
+        "-I",
+        "-S",
+        "-c",
+        LAUNCHER,
+        str(limits.cpu_seconds),
+        str(limits.memory_mb * 2**20),
+        str(processes),
+        str(limits.file_mb * 2**20),
+        str(-1 if uid is None else uid),
+    ]
+
+
+def bwrap_command(
+    bwrap: str, python: str, limits: Limits, source_fd: int, info_fd: int, uid: int | None
+) -> list[str]:
+    """bwrap running the launcher on the source read from `source_fd`, writing the sandbox's
+    pid 1 (as "child-pid") to `info_fd`; `uid`: see the module docstring."""
+    args = [bwrap, "--die-with-parent", "--new-session", "--info-fd", str(info_fd)]
+    if uid is None:
+        args += ["--unshare-all", "--unshare-user", "--disable-userns"]
+    else:
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        args += ["--unshare-cgroup-try", "--cap-drop", "ALL"]
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    for path in SYSTEM:
+        args += ["--ro-bind", path, path]
+    for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    for prefix in interpreter_prefixes(python):
+        # parents that bwrap made itself would copy the host's modes (/root: 0700)
+        parents = [os.path.dirname(prefix)]
+        while parents[-1] != "/":
+            parents.append(os.path.dirname(parents[-1]))
+        for parent in reversed(parents[:-1]):
+            args += ["--perms", "0755", "--dir", parent]
+        args += ["--ro-bind", prefix, prefix]
+    args += ["--proc", "/proc", "--dev", "/dev", "--hostname", "sandbox"]
+    args += ["--perms", "0777", "--size", str(limits.file_mb * 2**20), "--tmpfs", WORK]
+    args += ["--symlink", WORK, "/tmp", "--file", str(source_fd), f"{WORK}/main.py"]
+    args += ["--chdir", WORK, "--clearenv"]
+    for name, value in environment(WORK).items():
+        args += ["--setenv", name, value]
+    return [*args, "--", *launcher(python, limits, limits.processes, uid)]
+
+
+def environment(work: str) -> dict[str, str]:
+    """The program's whole environment."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
+
+
+def interpreter_prefixes(python: str) -> list[str]:
+    """The folders the interpreter needs beyond the system's: its prefix (not a venv's)."""
+    wanted = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(python))}
+    covered = [*SYSTEM, "/bin", "/lib", "/lib64"]
+    prefixes: list[str] = []
+    for path in sorted(os.path.realpath(p) for p in wanted):
+        if not any(path == c or path.startswith(c + "/") for c in covered + prefixes):
+            prefixes.append(path)
+    return prefixes
+
+
+def system_tasks() -> int:
+    """Processes and threads on the system now (the fourth field of /proc/loadavg), else 1000."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[1])
+    except (OSError, IndexError, ValueError):
+        return 1000
