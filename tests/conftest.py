@@ -188,3 +188,14 @@ def expected_filter_counts(episodes_jsonl: Path) -> dict[str, int]:
         counts["never"] += not any(right)
         counts["always"] += all(right)
     return counts
+
+
+@pytest.fixture(scope="module")
+def mbpp_folder(tmp_path_factory) -> Path:
+    """MBPP records in the Hub's format: two train problems (11, 3), one test problem (2)."""
+    from code_problems import MBPP_RECORDS, write_jsonl
+
+    folder = tmp_path_factory.mktemp("mbpp")
+    write_jsonl(folder / "train.jsonl", MBPP_RECORDS[:2])
+    write_jsonl(folder / "test.jsonl", MBPP_RECORDS[2:])
+    return folder

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_code_tasks import (
+from code_problems import (
     CLOSE_OK,
     CLOSE_OVERFIT,
     CLOSE_WRONG,
@@ -57,14 +57,6 @@ def repairs_when_told(conv) -> str:
 @pytest.fixture(scope="module")
 def humaneval_file(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("he") / "he.jsonl", [HUMANEVAL_0])
-
-
-@pytest.fixture(scope="module")
-def mbpp_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("mbpp")
-    write_jsonl(folder / "train.jsonl", MBPP_RECORDS[:2])
-    write_jsonl(folder / "test.jsonl", MBPP_RECORDS[2:])
-    return folder
 
 
 def test_evaluate_feedback_from_visible_tests_reward_from_hidden(tmp_path, humaneval_file):
@@ -174,7 +166,9 @@ def test_hostile_samples_are_verdicts_and_the_collection_goes_on(tmp_path, mbpp_
             model="scripted",
             out=str(tmp_path / "collect"),
             task="mbpp",
-            task_options={"data": str(mbpp_folder), "timeout": 2},
+            # one check at a time: a fork bomb spinning on its process limit takes both cores
+            # until its wall time, and would starve a neighbour into a timeout of its own
+            task_options={"data": str(mbpp_folder), "timeout": 2, "concurrency": 1},
             limit=None,
             samples=len(programs),
         )

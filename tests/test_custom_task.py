@@ -140,7 +140,8 @@ def boolean(problem, response):
 
 def hinted(problem, response):
     right = response.strip() == problem.answer
-    return Verdict(answer=response.strip(), reward=int(right), feedback="too small" if not right else None)
+    hint = None if right else "too small"
+    return Verdict(answer=response.strip(), reward=int(right), feedback=hint)
 
 def numeric_feedback(problem, response):
     return Verdict(answer=None, reward=0, feedback=3)
@@ -196,7 +197,8 @@ def test_verifier_by_module_name_from_the_current_folder(verifier_file, monkeypa
         ("{dir}/missing.py:verify", r"file .*missing.py does not exist"),
         (
             "{file}:nothing",
-            r"has no function 'nothing'; it defines: boolean, crash, exact, half, hinted, numeric_feedback, verdict$",
+            r"has no function 'nothing'; it defines: boolean, crash, exact, half, hinted, "
+            r"numeric_feedback, verdict$",
         ),
         ("{file}:NOT_A_FUNCTION", r"NOT_A_FUNCTION is a int, not callable"),
         ("{file}:", r"expected module:function"),
