@@ -7,6 +7,9 @@ and loses no episode."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +228,33 @@ def test_the_toy_through_the_cli_scores_zero(tmp_path, tiny_model_dir, humaneval
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary) == {"base", "iter1"}
     assert all(m["acc@2"] == 0.0 for m in summary.values())
+
+
+def test_without_bwrap_the_cli_refuses_unless_allowed(tmp_path, tiny_model_dir, mbpp_folder):
+    """A real `rise evaluate` process whose PATH has no bwrap: refused in one line before the
+    model loads; with --allow-unsandboxed-code it runs."""
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty folder: no bwrap on it
+    command = [
+        sys.executable,
+        "-m",
+        "rise_llm",
+        "evaluate",
+        *("--model", str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "8"),
+        *("--task", "mbpp", "--task-option", f"data={mbpp_folder}", "--turns", "1"),
+    ]
+    out = tmp_path / "eval"
+    refused = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    (line,) = [ln for ln in refused.stderr.splitlines() if "sandbox" in ln]
+    assert "bwrap" in line and "--allow-unsandboxed-code" in line
+    assert not out.exists()  # refused before anything was written
+    allowed = subprocess.run(
+        [*command, "--out", str(out), "--allow-unsandboxed-code"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert (out / "metrics.json").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["task_options"]["allow_unsandboxed_code"] is True

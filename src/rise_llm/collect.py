@@ -42,7 +42,7 @@ from rise_llm.errors import (
     check_device,
     check_sampling,
 )
-from rise_llm.judging import parallel_checks
+from rise_llm.judging import check_ready, parallel_checks
 from rise_llm.progress import console
 from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import (
@@ -328,6 +328,7 @@ def run(
     if not todo:
         console.print(f"collect: all {len(mine)} problems already in {path}")
         return done
+    check_ready(task)  # a code task without its sandbox stops before the model loads
     learner = learner or stage_engine(config)
     if config.teacher and teacher is None:
         teacher = stage_engine(config, config.teacher, chat_template=False)

@@ -32,6 +32,7 @@ from rise_llm.errors import (
     check_device,
     check_sampling,
 )
+from rise_llm.judging import check_ready
 from rise_llm.metrics import Metrics, compute_metrics
 from rise_llm.progress import console
 from rise_llm.provenance import check_out, check_settings, write_run_record
@@ -168,6 +169,8 @@ def run(config: EvaluateConfig, engine: Engine | None = None) -> EvaluateResult:
     if not todo and metrics_path and metrics_path.exists():
         return EvaluateResult(Metrics.from_dict(json.loads(metrics_path.read_text())), episodes)
     derived = {"oracle"} if config.reuse_samples else set()
+    if set(todo) - derived:
+        check_ready(task)  # a code task without its sandbox stops before the model loads
     if set(todo) - derived and engine is None:  # load first: a bad model leaves no folder
         engine = stage_engine(config)
     params = SamplingParams(

@@ -20,6 +20,14 @@ from rise_llm.records import Problem
 J = TypeVar("J")
 
 
+def check_ready(task: Any) -> None:
+    """Raise now, before a model is loaded, when `task` cannot judge responses here (a code
+    task without its sandbox: `CodeTask.ready`); tasks without a `ready` method always can."""
+    ready = getattr(task, "ready", None)
+    if ready is not None:
+        ready()
+
+
 def parallel_checks(task: Any) -> int:
     """How many of `task`'s verify calls may run at once (1 unless the task says more)."""
     return max(1, int(getattr(task, "parallel_checks", 1) or 1))

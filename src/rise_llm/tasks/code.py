@@ -348,6 +348,11 @@ class CodeTask(LoadedTask):
                 )
             return self._sandbox
 
+    def ready(self) -> None:
+        """Make the sandbox now: a stage calls this before loading a model, so a machine
+        without bwrap is refused at once (one line saying why), not after the sampling."""
+        self.sandbox()
+
     def verify(self, problem: Problem, response: str) -> Verdict:
         """Reward from the hidden tests, feedback from the visible ones (module docstring)."""
         code = last_code_block(response)
