@@ -270,3 +270,16 @@ def test_report_measures_size_and_load_time(tmp_path):
     assert 0 < small["report_mb"] < large["report_mb"]
     if browser:
         assert 0 < small["load_s"] <= small["ready_s"] and small["open_episode_s"] > 0
+
+
+def test_code_checks_judge_humaneval_responses_in_the_sandbox(tmp_path):
+    record = run_benchmark(
+        "code_checks.py",
+        tmp_path / "code_checks.json",
+        *("--problems", "3", "--repeat", "1", "--workers", "1,2"),
+    )
+    for workers in (1, 2):
+        result = record["results"][f"workers {workers}"]
+        # 3 reference solutions pass, their 3 broken copies fail, whatever the pool size
+        assert (result["responses"], result["passed"]) == (6, 3)
+        assert result["checks_per_s"] > 0
