@@ -354,3 +354,10 @@ def test_a_bug_while_generating_is_a_500_openai_error(tiny_engine):
 )
 def test_field_path_names_the_field(loc, path):
     assert field_path(loc) == path
+
+
+def test_a_code_task_is_refused_before_the_model_loads():
+    from rise_llm.serve import ServeConfig, load_app
+
+    with pytest.raises(RiseError, match=r"task 'humaneval' judges a response by running its"):
+        load_app(ServeConfig(model="no/such-model", task="humaneval"))

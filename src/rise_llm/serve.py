@@ -526,6 +526,12 @@ def load_app(config: ServeConfig):
     from rise_llm.engines.hf import HFEngine
 
     task = get_task(config.task, **config.task_options)
+    if hasattr(task, "ready"):  # a code task: its verdicts run the problem's own tests
+        raise RiseError(
+            f"rise serve: task {config.task!r} judges a response by running its problem's "
+            "tests, which a request does not carry; serve with a task that reads the answer "
+            "(arith, gsm8k, math, jsonl)"
+        )
     engine = HFEngine.load(
         config.model,
         device=config.device,
