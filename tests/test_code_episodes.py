@@ -191,7 +191,8 @@ def test_hostile_samples_are_verdicts_and_the_collection_goes_on(tmp_path, mbpp_
         assert [a.reward for a in attempts] == [0] * len(HOSTILE)
         assert all(f and "SECRET" not in f for f in feedback.values())
         assert "timed out after 2 s" in feedback["infinite loop"]
-        assert "memory" in feedback["10 GB"].lower()
+        assert "(memory limit reached)" in feedback["10 GB"].splitlines()[0]
+        assert "(process limit reached)" in feedback["fork bomb"].splitlines()[0]
         assert "output" in feedback["100 MB of output"]
         assert "EOFError" in feedback["input"]
         assert (

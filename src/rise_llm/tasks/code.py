@@ -30,7 +30,10 @@ and end around a `[... feedback cut ...]` line):
   else the last lines (at most 8, each at most 300 characters) of the traceback, filtered to
   the model's code and the test;
 - code that fails before any test runs (a SyntaxError, an exception at import, the function
-  not defined): `The code failed before the tests ran:` and the traceback's last lines;
+  not defined): `The code failed before the tests ran:` and the traceback's last lines; when
+  the exception shows a sandbox limit (MemoryError, a fork or thread refused), the first line
+  says so: `The code failed before the tests ran (memory limit reached):`, and likewise for a
+  failing test (`Visible test 1 of 2 failed (process limit reached):`);
 - all visible tests pass: `All visible tests passed (3 of 3).` (a problem without visible
   tests: `The code ran; this problem has no visible tests.`);
 - the program did not finish: `The tests did not finish: timed out after 5 s` (the sandbox's
@@ -143,6 +146,15 @@ def short(value):
     return text if len(text) <= 300 else text[:300] + "..."
 
 
+def limit_of(exc):
+    """The sandbox limit an exception shows the program reached, if any."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, BlockingIOError) or "can't start new thread" in str(exc):
+        return "process"  # fork or a thread refused: RLIMIT_NPROC
+    return None
+
+
 def error_text(exc):
     te = traceback.TracebackException.from_exception(exc)
     te.stack = traceback.StackSummary.from_list(
@@ -181,7 +193,9 @@ try:
         raise NameError("the code does not define %s" % entry)
     run(SPEC["setup"], "setup.py", namespace)
 except BaseException as e:
-    report(stage="solution", error=error_text(e) if SPEC["visible"] else "")
+    if SPEC["visible"]:
+        report(stage="solution", error=error_text(e), limit=limit_of(e))
+    report(stage="solution")
 if not SPEC["visible"]:
     try:
         run(SPEC["hidden"], "tests.py", namespace)
@@ -193,9 +207,11 @@ for i, test in enumerate(tests):
     try:
         error = check(test, "test_%d.py" % (i + 1), namespace)
     except BaseException as e:
-        error = error_text(e)
+        error, limit = error_text(e), limit_of(e)
+    else:
+        limit = None
     if error is not None:
-        report(stage="test", index=i, error=error)
+        report(stage="test", index=i, error=error, limit=limit)
 report(stage="passed", count=len(tests))
 '''
 """The program run in the sandbox; SPEC holds the code, the tests and the nonce."""
@@ -230,11 +246,13 @@ def visible_feedback(execution: Any, report: dict[str, Any] | None, tests: list[
         if execution.stderr.strip():
             text += "\n" + tail(execution.stderr, STDERR_LINES)
         return text
+    reached = f" ({report['limit']} limit reached)" if report.get("limit") else ""
     if report["stage"] == "solution":
-        return "The code failed before the tests ran:\n" + report["error"]
+        return f"The code failed before the tests ran{reached}:\n" + report["error"]
     if report["stage"] == "test":
         i = report["index"]
-        return f"Visible test {i + 1} of {len(tests)} failed:\n{tests[i]}\n{report['error']}"
+        head = f"Visible test {i + 1} of {len(tests)} failed{reached}:"
+        return f"{head}\n{tests[i]}\n{report['error']}"
     if not tests:
         return NO_VISIBLE_TESTS
     return f"All visible tests passed ({len(tests)} of {len(tests)})."
