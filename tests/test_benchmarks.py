@@ -270,3 +270,13 @@ def test_report_measures_size_and_load_time(tmp_path):
     assert 0 < small["report_mb"] < large["report_mb"]
     if browser:
         assert 0 < small["load_s"] <= small["ready_s"] and small["open_episode_s"] > 0
+
+
+def test_sandbox_counts_executions_per_second(tmp_path):
+    record = run_benchmark(
+        "sandbox.py", tmp_path / "sandbox.json", "--programs", "4", "--concurrency", "1,2"
+    )
+    ways = {"unsandboxed", "bare python"} | ({"bwrap"} if record["bwrap"] else set())
+    assert set(record["results"]) == {f"{w}, concurrency {c}" for w in ways for c in (1, 2)}
+    for result in record["results"].values():
+        assert result["ok"] == result["programs"] == 4 and result["executions_per_s"] > 0

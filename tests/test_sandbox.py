@@ -291,3 +291,22 @@ def test_program_has_no_privileges(sandbox):
     )
     assert execution.status == "error" and "PermissionError" in execution.stderr
     assert execution.stdout.split() == ["True", "0000000000000000"]
+
+
+@pytest.mark.parametrize(
+    ("source", "status", "stderr"),
+    [
+        ("def f():\n    1 / 0\nf()", "error", 'File "/sandbox/main.py", line 3, in <module>'),
+        ("def f(\n", "error", '  File "/sandbox/main.py", line 1\n    def f(\n'),
+        ("if __name__ == '__main__':\n    quit(4)", "error", ""),
+        ("import sys\nassert sys.argv == [__file__] == ['/sandbox/main.py']\nexit()", "ok", ""),
+    ],
+)
+def test_program_runs_as_python_main_py(sandbox, source, status, stderr):
+    """main.py runs as `python3 main.py` would: tracebacks and syntax errors show main.py's
+    lines and none of the launcher's, exit() and quit() exist, __name__ is "__main__"."""
+    execution = sandbox.run(source)
+    assert execution.status == status, execution.stderr
+    assert execution.stderr.startswith(("Traceback", stderr))
+    assert stderr in execution.stderr and "<string>" not in execution.stderr
+    assert execution.exit_code == (0 if status == "ok" else 4 if "quit" in source else 1)

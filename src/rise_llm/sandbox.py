@@ -3,10 +3,11 @@
 A code task's verifier runs what the model wrote; on a user's machine that must not reach the
 network, the run folder, the home folder or the rest of the system, and must not outlive its
 limits. Rather than a sandbox of our own, each program runs under bubblewrap (`bwrap`, the
-sandbox Flatpak uses; `sandbox_command.py` builds its command line) as `python3 -I main.py` in a
-private work folder. CPU time, memory, processes and file size are rlimits set inside the
-sandbox; wall time and output are watched here, and the whole process group is killed when
-either is reached. `run_many` runs programs in a pool of threads, each waiting on one process.
+sandbox Flatpak uses; `sandbox_command.py` builds its command line) as main.py in a private work
+folder, with the standard library of the interpreter running rise-llm. CPU time, memory,
+processes and file size are rlimits set inside the sandbox; wall time and output are watched
+here, and the whole process group is killed when either is reached. `run_many` runs programs in
+a pool of threads, each waiting on one process.
 
 Where bwrap is missing, `Sandbox` refuses to run code unless `allow_unsandboxed=True`: then the
 program runs as a plain subprocess in a temporary folder with the same limits and no isolation.

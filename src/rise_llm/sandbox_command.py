@@ -9,13 +9,19 @@ Nothing else of the host exists there: not the run folder, not /work, not the ho
 the home folder. The environment is cleared. `--die-with-parent` ends the sandbox with its
 caller, and `--new-session` keeps it off the caller's terminal.
 
-The launcher is a few lines of Python run by the same interpreter inside the sandbox: it sets
-RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, then execs `python3 -I main.py`.
+The launcher is a few lines of Python run inside the sandbox by the interpreter running
+rise-llm (its base prefix, not a venv), started `-I -S`: no environment variables, no user or
+site packages (nor their .pth files, which can cost more than the program), the standard library
+only. It sets RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, then runs main.py in the
+same process as `python3 main.py` would (`__main__`, `__file__`, `sys.argv`, exit() and quit(),
+tracebacks and syntax errors printed without the launcher's frames), which saves the startup of
+a second interpreter.
+
 RLIMIT_NPROC never binds uid 0 of the host, and bwrap's user namespace maps the program to the
 caller's uid, so as root a fork bomb would not be held. As root, then, bwrap runs without a user
 namespace, with every capability dropped but setuid/setgid, and the launcher drops to a uid of
-its own (unused on the host, one per running program, so programs do not share the count)
-before the exec; no_new_privs (bwrap sets it) keeps setuid files from giving anything back. As
+its own (unused on the host, one per running program, so programs do not share the count) before
+running main.py; no_new_privs (bwrap sets it) keeps setuid files from giving anything back. As
 another user, bwrap's user namespace counts the program's processes apart from the user's.
 """
 
@@ -35,19 +41,35 @@ SYSTEM = ("/usr", "/etc")
 """Bound read-only into the sandbox; /bin, /lib* and /sbin follow as links or binds."""
 
 LAUNCHER = """\
-import os, resource, sys
-cpu, memory, processes, file_bytes, uid = map(int, sys.argv[1:6])
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if processes > 0:
-    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-if uid >= 0:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-os.execv(sys.executable, [sys.executable, "-I", "main.py"])
+def _launch():
+    import _sitebuiltins, builtins, os, resource, sys
+    cpu, memory, processes, file_bytes, uid = map(int, sys.argv[1:6])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if processes > 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+    if uid >= 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        import ctypes  # a uid change without exec leaves /proc/self to root: PR_SET_DUMPABLE
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
+    for name in ("exit", "quit"):
+        setattr(builtins, name, _sitebuiltins.Quitter(name, "Ctrl-D (i.e. EOF)"))
+    def excepthook(kind, error, tb, hook=sys.excepthook):
+        while tb and tb.tb_frame.f_code.co_filename == "<string>":
+            tb = tb.tb_next  # the launcher's own frames
+        hook(kind, error.with_traceback(tb), tb)
+    sys.excepthook = excepthook
+    path = os.path.abspath("main.py")
+    sys.argv[:] = [path]
+    with open(path, "rb") as f:
+        return path, compile(f.read(), path, "exec", dont_inherit=True)
+__file__, _main = _launch()
+del _launch
+exec(_main)
 """
 """Sets the limits (and, as root, the uid), then runs main.py; the limits bind its children."""
 
