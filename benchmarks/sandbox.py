@@ -117,7 +117,7 @@ def main() -> None:
     harness.print_table(
         f"{len(sources)} programs", ["way", "concurrency", "ok", "seconds", "per s"], rows
     )
-    bwrap = sandbox_module.bwrap_path()
+    bwrap = sandbox_module.bwrap_path() if "bwrap" in ways else None
     version = (
         subprocess.run([bwrap, "--version"], capture_output=True, text=True) if bwrap else None
     )
