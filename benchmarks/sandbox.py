@@ -4,7 +4,8 @@ Runs --programs small programs (a function and five asserts on it, the shape of 
 check; each program a little different) through `Sandbox.run_many` under bubblewrap at each
 --concurrency, then the same through the unsandboxed path (a plain subprocess with the same
 limits, `allow_unsandboxed=True` with bwrap hidden), and, as the floor, a bare
-`python -I main.py` per program in a thread pool. Every execution must end "ok".
+`python -I -S main.py` per program in a thread pool (the launcher's interpreter flags, no
+limits). Every execution must end "ok".
 
     python benchmarks/sandbox.py                                  # 200 programs, 1, 2, cores
     python benchmarks/sandbox.py --programs 20 --concurrency 1,2  # a quick check
@@ -64,13 +65,13 @@ def unsandboxed(sources: list[str], concurrency: int) -> tuple[float, int]:
 
 
 def bare(sources: list[str], concurrency: int) -> tuple[float, int]:
-    """Seconds for `python -I main.py` per program with no limits, and how many exited 0."""
+    """Seconds for `python -I -S main.py` per program with no limits, and how many exited 0."""
     python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
     def one(source: str) -> bool:
         with tempfile.TemporaryDirectory() as work:
             Path(work, "main.py").write_text(source)
-            done = subprocess.run([python, "-I", "main.py"], cwd=work, capture_output=True)
+            done = subprocess.run([python, "-I", "-S", "main.py"], cwd=work, capture_output=True)
             return done.returncode == 0
 
     start = time.perf_counter()
