@@ -310,3 +310,17 @@ def test_program_runs_as_python_main_py(sandbox, source, status, stderr):
     assert execution.stderr.startswith(("Traceback", stderr))
     assert stderr in execution.stderr and "<string>" not in execution.stderr
     assert execution.exit_code == (0 if status == "ok" else 4 if "quit" in source else 1)
+
+
+def test_readme_example_runs_as_written(sandbox):
+    """The README's "Running model-written code" example, its comments checked."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Running model-written code", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    lines = code.splitlines()
+    namespace: dict = {}
+    exec("\n".join(lines[:3]), namespace)
+    echo, sleep, many = (eval(line.split("  #")[0], namespace) for line in lines[3:])
+    assert (echo.status, echo.stdout) == ("ok", "cba\n")
+    assert sleep == "timed out after 2 s"
+    assert [e.status for e in many] == ["ok", "error"]
