@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from rise_llm.errors import RiseError
 from rise_llm.sandbox_command import bwrap_command, environment, launcher, system_tasks
@@ -75,7 +75,8 @@ class Execution:
     status: str
     """"ok" (exit 0), "error" (non-zero exit), "timeout", "cpu", "memory", "output", "killed"."""
     exit_code: int | None
-    """The exit status; None when a signal (or we, at a limit) ended it."""
+    """The exit status; None when a signal (or we, at a limit) ended it. Under bwrap a status
+    above 128 reads as the signal 128 + N, as a shell reports it (bwrap gives no other way)."""
     stdout: str
     stderr: str
     seconds: float
@@ -137,7 +138,9 @@ class Sandbox:
         if self._bwrap is None:
             why = "bubblewrap (bwrap) is not installed"
         else:
-            check = self.run("pass")
+            self.limits = replace(limits, wall_seconds=max(limits.wall_seconds, 30.0))
+            check = self.run("pass")  # a busy machine may start it slowly: not a failure
+            self.limits = limits
             if check.status != "ok":
                 last = (check.stderr.strip().splitlines() or ["no message"])[-1]
                 why = f"bubblewrap cannot create a sandbox here ({last})"
@@ -166,8 +169,9 @@ class Sandbox:
         """Run `source` as main.py in a fresh private work folder, `stdin` on its standard input."""
         start = time.monotonic()
         with tempfile.TemporaryFile() as source_file, tempfile.TemporaryFile() as stdin_file:
-            source_file.write(source.encode())
-            stdin_file.write(stdin.encode())
+            # a lone surrogate reaches the program as the invalid UTF-8 it is
+            source_file.write(source.encode(errors="surrogatepass"))
+            stdin_file.write(stdin.encode(errors="surrogatepass"))
             source_file.seek(0)
             stdin_file.seek(0)
             if self.isolated:
