@@ -3,11 +3,11 @@ launcher that sets the program's limits from inside.
 
 bubblewrap (`bwrap`) gives the program new pid, network, ipc and uts namespaces (no network but
 its own loopback; no other process of the host visible), a root of its own with the system
-(/usr, /etc, /bin, /lib*) and the interpreter's prefix bound read-only, a fresh /proc and a
-minimal /dev, and a private size-limited tmpfs at /sandbox as its work folder, HOME and /tmp.
-Nothing else of the host exists there: not the run folder, not /work, not the host's /tmp, not
-the home folder. The environment is cleared. `--die-with-parent` ends the sandbox with its
-caller, and `--new-session` keeps it off the caller's terminal.
+(/usr, /etc, /bin, /lib*) and the interpreter (its executable and its prefix's lib folder) bound
+read-only, a fresh /proc and a minimal /dev, and a private size-limited tmpfs at /sandbox as its
+work folder, HOME and /tmp. Nothing else of the host exists there: not the run folder, not
+/work, not the host's /tmp, not the home folder. The environment is cleared. `--die-with-parent`
+ends the sandbox with its caller, and `--new-session` keeps it off the caller's terminal.
 
 The launcher is a few lines of Python run inside the sandbox by the interpreter running
 rise-llm (its base prefix, not a venv), started `-I -S`: no environment variables, no user or
@@ -39,6 +39,9 @@ WORK = "/sandbox"
 
 SYSTEM = ("/usr", "/etc")
 """Bound read-only into the sandbox; /bin, /lib* and /sbin follow as links or binds."""
+
+LIBS = ("lib", "lib64")
+"""The folders of the interpreter's prefix bound beside its executable."""
 
 LAUNCHER = """\
 def _launch():
@@ -109,14 +112,14 @@ def bwrap_command(
             args += ["--symlink", os.readlink(name), name]
         elif os.path.isdir(name):
             args += ["--ro-bind", name, name]
-    for prefix in interpreter_prefixes(python):
+    for path in interpreter_paths(python):
         # parents that bwrap made itself would copy the host's modes (/root: 0700)
-        parents = [os.path.dirname(prefix)]
+        parents = [os.path.dirname(path)]
         while parents[-1] != "/":
             parents.append(os.path.dirname(parents[-1]))
         for parent in reversed(parents[:-1]):
             args += ["--perms", "0755", "--dir", parent]
-        args += ["--ro-bind", prefix, prefix]
+        args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--hostname", "sandbox"]
     args += ["--perms", "0777", "--size", str(limits.file_mb * 2**20), "--tmpfs", WORK]
     args += ["--symlink", WORK, "/tmp", "--file", str(source_fd), f"{WORK}/main.py"]
@@ -131,15 +134,20 @@ def environment(work: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
 
 
-def interpreter_prefixes(python: str) -> list[str]:
-    """The folders the interpreter needs beyond the system's: its prefix (not a venv's)."""
-    wanted = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(python))}
+def interpreter_paths(python: str) -> list[str]:
+    """What the interpreter needs beyond the system's folders: its executable and its prefix's
+    lib folders (standard library, libpython, the libraries it links), not the whole prefix,
+    which for `--prefix ~/.local` would be half the home folder; not a venv."""
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(python))}
+    wanted = [python] + [
+        os.path.join(os.path.realpath(prefix), lib) for prefix in prefixes for lib in LIBS
+    ]
     covered = [*SYSTEM, "/bin", "/lib", "/lib64"]
-    prefixes: list[str] = []
-    for path in sorted(os.path.realpath(p) for p in wanted):
-        if not any(path == c or path.startswith(c + "/") for c in covered + prefixes):
-            prefixes.append(path)
-    return prefixes
+    paths: list[str] = []
+    for path in sorted(p for p in wanted if os.path.exists(p)):
+        if not any(path == c or path.startswith(c + "/") for c in covered + paths):
+            paths.append(path)
+    return paths
 
 
 def system_tasks() -> int:
