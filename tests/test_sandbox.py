@@ -21,6 +21,7 @@ import pytest
 from rise_llm import sandbox as sandbox_module
 from rise_llm.errors import RiseError
 from rise_llm.sandbox import Execution, Limits, Sandbox, bwrap_path
+from rise_llm.sandbox_command import interpreter_paths
 
 LIMITS = Limits(wall_seconds=2, cpu_seconds=5, memory_mb=512, processes=32, output_bytes=10_000)
 
@@ -281,6 +282,14 @@ def _sandbox(limits: Limits) -> Sandbox:
         if os.environ.get("RISE_SANDBOX_TEST") == "required":
             pytest.fail(str(error))
         pytest.skip(str(error))
+
+
+def test_sees_only_the_system_the_interpreter_and_its_work_folder(sandbox):
+    execution = sandbox.run("import os\nprint(*sorted(os.listdir('/')))")
+    system = {"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "proc", "dev"}
+    interpreter = {path.split("/")[1] for path in interpreter_paths(sandbox._python)}
+    assert set(execution.stdout.split()) <= system | interpreter | {"tmp", "sandbox"}
+    assert {"usr", "etc", "sandbox", "tmp"} <= set(execution.stdout.split())
 
 
 def test_program_has_no_privileges(sandbox):
