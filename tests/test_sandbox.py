@@ -270,9 +270,13 @@ def test_summary_lines(status, code, signal, summary):
     assert Execution(status, code, "", "", 0.1, signal, LIMITS).summary() == summary
 
 
-def test_limits_are_checked():
-    with pytest.raises(RiseError, match="wall_seconds must be positive"):
+def test_limits_and_concurrency_are_checked():
+    with pytest.raises(RiseError, match="wall_seconds must be positive, got 0"):
         Limits(wall_seconds=0)
+    with pytest.raises(RiseError, match=r"cpu_seconds must be a positive whole number, got 2\.5"):
+        Limits(cpu_seconds=2.5)
+    with pytest.raises(RiseError, match="concurrency must be at least 1, got 0"):
+        Sandbox(LIMITS, concurrency=0)
 
 
 def _sandbox(limits: Limits) -> Sandbox:

@@ -62,10 +62,11 @@ class Limits:
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            if not getattr(self, field.name) > 0:
-                raise RiseError(
-                    f"sandbox: {field.name} must be positive, got {getattr(self, field.name)}"
-                )
+            value = getattr(self, field.name)
+            whole = field.name != "wall_seconds"  # rlimits and byte counts are integers
+            if not isinstance(value, int if whole else (int, float)) or not value > 0:
+                kind = "a positive whole number" if whole else "positive"
+                raise RiseError(f"sandbox: {field.name} must be {kind}, got {value!r}")
 
 
 @dataclass
@@ -124,10 +125,10 @@ class Sandbox:
         allow_unsandboxed: bool = False,
         concurrency: int | None = None,
     ):
+        if concurrency is not None and concurrency < 1:
+            raise RiseError(f"sandbox: concurrency must be at least 1, got {concurrency}")
         self.limits = limits
         self.concurrency = concurrency or os.cpu_count() or 1
-        if self.concurrency < 1:
-            raise RiseError(f"sandbox: concurrency must be at least 1, got {concurrency}")
         self._python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self._root = os.geteuid() == 0
         self._uids_in_use: set[int] = set()
@@ -193,8 +194,11 @@ class Sandbox:
         stdins = [""] * len(sources) if stdins is None else list(stdins)
         if len(stdins) != len(sources):
             raise RiseError(f"sandbox: {len(sources)} sources but {len(stdins)} stdins")
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             return list(pool.map(self.run, sources, stdins))
+        finally:  # on Ctrl-C, start no more programs; those running end within wall_seconds
+            pool.shutdown(cancel_futures=True)
 
     def _take_uid(self) -> int:
         """A uid no other program of this Sandbox is running as (processes count per uid)."""
