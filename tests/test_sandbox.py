@@ -85,6 +85,27 @@ def test_normal_program_returns_its_output_and_exit_code(sandbox):
     assert sandbox.isolated
 
 
+def test_ordinary_programs_work(sandbox):
+    """What honest code does: threads, a process pool (semaphores in /dev/shm), a temporary
+    file, /dev/null, a child interpreter."""
+    execution = sandbox.run(
+        "import multiprocessing, subprocess, sys, tempfile, threading\n"
+        "def square(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    threads = [threading.Thread(target=square, args=(i,)) for i in range(8)]\n"
+        "    [t.start() for t in threads] and None\n"
+        "    [t.join() for t in threads] and None\n"
+        "    with multiprocessing.Pool(2) as pool:\n"
+        "        print(pool.map(square, range(5)))\n"
+        "    with tempfile.NamedTemporaryFile('w') as f:\n"
+        "        f.write('x')\n"
+        "    open('/dev/null', 'w').write('x')\n"
+        "    child = [sys.executable, '-c', 'print(42)']\n"
+        "    print(subprocess.run(child, capture_output=True, text=True).stdout.strip())\n"
+    )
+    assert (execution.status, execution.stdout) == ("ok", "[0, 1, 4, 9, 16]\n42\n"), execution
+
+
 def test_infinite_loop_times_out(sandbox, sentinel):
     execution = sandbox.run("while True:\n    pass")
     _contained(sandbox, execution, "timeout", "timed out after 2 s")
@@ -128,6 +149,8 @@ def test_printing_100_mb_is_cut_at_the_output_limit(sandbox, sentinel):
 def test_writing_outside_the_work_folder_writes_nothing(sandbox, tmp_path, sentinel):
     unique = f"rise-sandbox-{uuid.uuid4().hex}"
     targets = [
+        f"/{unique}",
+        f"/dev/{unique}",
         f"/etc/{unique}",
         f"/usr/{unique}",
         str(tmp_path / unique),
@@ -147,6 +170,8 @@ def test_writing_outside_the_work_folder_writes_nothing(sandbox, tmp_path, senti
     assert "wrote inside.txt" in execution.stdout  # the work folder is writable
     for path in targets:
         assert not Path(path).exists(), path
+        if not path.startswith("/tmp/"):  # inside, /tmp is the work folder
+            assert f"failed {path}" in execution.stdout
 
 
 def test_home_and_run_folder_are_not_readable(sandbox, tmp_path, sentinel):

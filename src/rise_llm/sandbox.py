@@ -58,7 +58,7 @@ class Limits:
     output_bytes: int = 64_000
     """stdout+stderr kept; printing more kills the program (status "output")."""
     file_mb: int = 16
-    """RLIMIT_FSIZE, and the size of the private work folder."""
+    """RLIMIT_FSIZE, and the size of the private work folder (and of /dev/shm)."""
 
     def __post_init__(self) -> None:
         for field in fields(self):

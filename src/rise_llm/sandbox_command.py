@@ -120,9 +120,13 @@ def bwrap_command(
         for parent in reversed(parents[:-1]):
             args += ["--perms", "0755", "--dir", parent]
         args += ["--ro-bind", path, path]
+    size = str(limits.file_mb * 2**20)
     args += ["--proc", "/proc", "--dev", "/dev", "--hostname", "sandbox"]
-    args += ["--perms", "0777", "--size", str(limits.file_mb * 2**20), "--tmpfs", WORK]
+    args += ["--perms", "0777", "--size", size, "--tmpfs", WORK]
+    args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]  # multiprocessing's
     args += ["--symlink", WORK, "/tmp", "--file", str(source_fd), f"{WORK}/main.py"]
+    # bwrap's own tmpfs at / and /dev have no size limit: nothing may be written there
+    args += ["--remount-ro", "/dev", "--remount-ro", "/"]
     args += ["--chdir", WORK, "--clearenv"]
     for name, value in environment(WORK).items():
         args += ["--setenv", name, value]
