@@ -52,7 +52,8 @@ class Limits:
     cpu_seconds: int = 5
     """RLIMIT_CPU: SIGXCPU at this much CPU time (status "cpu")."""
     memory_mb: int = 1024
-    """RLIMIT_AS: allocations beyond it fail, Python raises MemoryError (status "memory")."""
+    """RLIMIT_AS: allocations beyond it fail, Python raises MemoryError (status "memory").
+    Each process's own: a program of `processes` processes may use that many times more."""
     processes: int = 32
     """RLIMIT_NPROC: the most processes and threads the program may have at once."""
     output_bytes: int = 64_000
