@@ -234,11 +234,11 @@ def test_file_size_and_work_folder_are_limited():
 
 
 def test_run_many_keeps_order_and_runs_concurrently(sandbox):
-    # each program records when it ran; the first sleeps longest, so it finishes last
+    # each program records when it ran; the first sleeps longest, so it finishes last, and
+    # the two that start together overlap unless the second is a whole second late
     sources = [
-        f"import time\nstart = time.time()\ntime.sleep({0.6 - 0.1 * i})\n"
-        f"print({i}, start, time.time())"
-        for i in range(4)
+        f"import time\nstart = time.time()\ntime.sleep({sleep})\nprint({i}, start, time.time())"
+        for i, sleep in enumerate([1.0, 0.8, 0.1, 0.1])
     ]
     executions = sandbox.run_many(sources)
     runs = [execution.stdout.split() for execution in executions]
