@@ -337,7 +337,11 @@ def test_program_has_no_privileges(sandbox):
         ("def f():\n    1 / 0\nf()", "error", 'File "/sandbox/main.py", line 3, in <module>'),
         ("def f(\n", "error", '  File "/sandbox/main.py", line 1\n    def f(\n'),
         ("if __name__ == '__main__':\n    quit(4)", "error", ""),
-        ("import sys\nassert sys.argv == [__file__] == ['/sandbox/main.py']\nexit()", "ok", ""),
+        (
+            "import sys\nassert (sys.argv, __file__) == (['main.py'], '/sandbox/main.py')\nexit()",
+            "ok",
+            "",
+        ),
     ],
 )
 def test_program_runs_as_python_main_py(sandbox, source, status, stderr):
@@ -348,6 +352,14 @@ def test_program_runs_as_python_main_py(sandbox, source, status, stderr):
     assert execution.stderr.startswith(("Traceback", stderr))
     assert stderr in execution.stderr and "<string>" not in execution.stderr
     assert execution.exit_code == (0 if status == "ok" else 4 if "quit" in source else 1)
+
+
+def test_main_py_sees_what_a_plain_run_sees(sandbox, tmp_path):
+    probe = "import sys\nprint(sorted(globals()), __name__, __cached__, sys.argv)"
+    (tmp_path / "main.py").write_text(probe)
+    python = os.path.realpath(sys._base_executable)
+    plain = subprocess.run([python, "-I", "-S", "main.py"], cwd=tmp_path, capture_output=True)
+    assert sandbox.run(probe).stdout == plain.stdout.decode()
 
 
 def test_readme_example_runs_as_written(sandbox):

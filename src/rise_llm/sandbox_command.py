@@ -67,12 +67,13 @@ def _launch():
         hook(kind, error.with_traceback(tb), tb)
     sys.excepthook = excepthook
     path = os.path.abspath("main.py")
-    sys.argv[:] = [path]
+    sys.argv[:] = ["main.py"]
+    main = globals()  # main.py's globals, as a script's, with nothing of the launcher's
+    main.update(__file__=path, __cached__=None)
+    del main["_launch"]
     with open(path, "rb") as f:
-        return path, compile(f.read(), path, "exec", dont_inherit=True)
-__file__, _main = _launch()
-del _launch
-exec(_main)
+        return compile(f.read(), path, "exec", dont_inherit=True)
+exec(_launch())
 """
 """Sets the limits (and, as root, the uid), then runs main.py; the limits bind its children."""
 
