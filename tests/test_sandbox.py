@@ -374,3 +374,19 @@ def test_readme_example_runs_as_written(sandbox):
     assert (echo.status, echo.stdout) == ("ok", "cba\n")
     assert sleep == "timed out after 2 s"
     assert [e.status for e in many] == ["ok", "error"]
+
+
+def test_only_bwraps_own_child_is_killed_at_a_limit():
+    """At a limit the sandbox's pid 1 is killed by the pid bwrap reported: never a number cut
+    short by a read, nor a process that is not bwrap's child (a pid reused)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = f'{{\n    "child-pid": {child.pid},\n'.encode()
+        assert not sandbox_module._kill_pid_1(os.getpid(), info[:-2])  # no end to the number
+        assert not sandbox_module._kill_pid_1(child.pid, info)  # not that process's child
+        assert child.poll() is None
+        assert sandbox_module._kill_pid_1(os.getpid(), info)
+        assert child.wait() == -9
+    finally:
+        child.kill()
+        child.wait()

@@ -299,9 +299,7 @@ def _communicate(
                 break
     if limit_hit is None and not _wait_exited(proc.pid, deadline):
         limit_hit = "timeout"
-    if limit_hit and (found := re.search(rb'"child-pid": (\d+)', info)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(found.group(1)), signal.SIGKILL)
+    if limit_hit and info_fd is not None and _kill_pid_1(proc.pid, info + _drain(info_fd)):
         _wait_exited(proc.pid, time.monotonic() + 5)
     # the leader is not reaped yet, so its process group id cannot have been reused
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -310,6 +308,40 @@ def _communicate(
     proc.stdout.close()
     proc.stderr.close()
     return b"".join(chunks[streams[0]]), b"".join(chunks[streams[1]]), limit_hit
+
+
+def _drain(fd: int) -> bytes:
+    """What can be read from `fd` now, without waiting."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return data
+
+
+def _kill_pid_1(bwrap_pid: int, info: bytes) -> bool:
+    """SIGKILL the sandbox's pid 1, named in bwrap's --info-fd output, if it is still bwrap's
+    child (through a pidfd, so that a reused pid is never signalled); whether it was sent."""
+    found = re.search(rb'"child-pid": (\d+)\D', info)  # the whole number, not a first chunk
+    if found is None or not hasattr(os, "pidfd_open"):
+        return False
+    pid = int(found.group(1))
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        if parent != bwrap_pid:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    finally:
+        os.close(pidfd)
 
 
 def _exited(pid: int) -> bool:
