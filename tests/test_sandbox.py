@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from rise_llm import sandbox as sandbox_module
+from rise_llm import sandbox_process
 from rise_llm.errors import RiseError
 from rise_llm.sandbox import Execution, Limits, Sandbox, bwrap_path
-from rise_llm.sandbox_command import interpreter_paths
+from rise_llm.sandbox_process import interpreter_paths
 
 LIMITS = Limits(wall_seconds=2, cpu_seconds=5, memory_mb=512, processes=32, output_bytes=10_000)
 
@@ -382,10 +383,10 @@ def test_only_bwraps_own_child_is_killed_at_a_limit():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         info = f'{{\n    "child-pid": {child.pid},\n'.encode()
-        assert not sandbox_module._kill_pid_1(os.getpid(), info[:-2])  # no end to the number
-        assert not sandbox_module._kill_pid_1(child.pid, info)  # not that process's child
+        assert not sandbox_process.kill_pid_1(os.getpid(), info[:-2])  # no end to the number
+        assert not sandbox_process.kill_pid_1(child.pid, info)  # not that process's child
         assert child.poll() is None
-        assert sandbox_module._kill_pid_1(os.getpid(), info)
+        assert sandbox_process.kill_pid_1(os.getpid(), info)
         assert child.wait() == -9
     finally:
         child.kill()

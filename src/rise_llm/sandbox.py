@@ -3,11 +3,11 @@
 A code task's verifier runs what the model wrote; on a user's machine that must not reach the
 network, the run folder, the home folder or the rest of the system, and must not outlive its
 limits. Rather than a sandbox of our own, each program runs under bubblewrap (`bwrap`, the
-sandbox Flatpak uses; `sandbox_command.py` builds its command line) as main.py in a private work
-folder, with the standard library of the interpreter running rise-llm. CPU time, memory,
-processes and file size are rlimits set inside the sandbox; wall time and output are watched
-here, and the whole process group is killed when either is reached. `run_many` runs programs in
-a pool of threads, each waiting on one process.
+sandbox Flatpak uses; `sandbox_process.py` starts and watches each program) as main.py in a
+private work folder, with the standard library of the interpreter running rise-llm. CPU time,
+memory, processes and file size are rlimits set inside the sandbox; wall time and output are
+watched here, and every process of the program is killed when either is reached. `run_many` runs
+programs in a pool of threads, each waiting on one process.
 
 Where bwrap is missing, `Sandbox` refuses to run code unless `allow_unsandboxed=True`: then the
 program runs as a plain subprocess in a temporary folder with the same limits and no isolation.
@@ -19,11 +19,8 @@ program runs as a plain subprocess in a temporary folder with the same limits an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -37,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 from rise_llm.errors import RiseError
-from rise_llm.sandbox_command import bwrap_command, environment, launcher, system_tasks
+from rise_llm.sandbox_process import bwrap_command, communicate, environment, launcher, system_tasks
 
 ROOT_UIDS = range(1_000_000_000, 1_000_000_000 + 2**24)
 """Where a root host picks a fresh uid for each program: far above user and subuid ranges."""
@@ -226,7 +223,7 @@ class Sandbox:
             )
             os.close(info_write)
             info_write = -1
-            stdout, stderr, limit_hit = _communicate(proc, self.limits, info_read)
+            stdout, stderr, limit_hit = communicate(proc, self.limits, info_read)
         finally:
             os.close(info_read)
             if info_write >= 0:
@@ -254,110 +251,8 @@ class Sandbox:
                 env=environment(work),
                 start_new_session=True,
             )
-            stdout, stderr, limit_hit = _communicate(proc, self.limits)
+            stdout, stderr, limit_hit = communicate(proc, self.limits)
         return stdout, stderr, limit_hit, proc.returncode
-
-
-def _communicate(
-    proc: subprocess.Popen, limits: Limits, info_fd: int | None = None
-) -> tuple[bytes, bytes, str | None]:
-    """Read the program's output until it has ended or reached a limit, then end what is left.
-
-    Returns stdout, stderr (together at most `limits.output_bytes`) and the limit reached
-    ("timeout", "output") or None. `info_fd` is bwrap's --info-fd: at a limit the sandbox's
-    pid 1 is killed, whose end kills every process of the sandbox before bwrap exits, so that
-    nothing of the program is left once this returns. Without it (unsandboxed) the process
-    group is killed.
-    """
-    deadline = time.monotonic() + limits.wall_seconds
-    streams = (proc.stdout.fileno(), proc.stderr.fileno())
-    chunks: dict[int, list[bytes]] = {fd: [] for fd in streams}
-    info, kept, limit_hit = b"", 0, None
-    with selectors.DefaultSelector() as selector:
-        for fd in (*streams, info_fd) if info_fd is not None else streams:
-            selector.register(fd, selectors.EVENT_READ)
-        while any(fd in selector.get_map() for fd in streams):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                limit_hit = "timeout"
-                break
-            ready = selector.select(min(remaining, 0.25))
-            if not ready and _exited(proc.pid):
-                break  # a child of an unsandboxed program holds the pipes open
-            for key, _ in ready:
-                data = os.read(key.fd, 65536)
-                if not data:
-                    selector.unregister(key.fd)
-                elif key.fd == info_fd:
-                    info += data
-                else:
-                    chunks[key.fd].append(data[: max(0, limits.output_bytes - kept)])
-                    kept += len(data)
-                    if kept > limits.output_bytes:
-                        limit_hit = "output"
-            if limit_hit:
-                break
-    if limit_hit is None and not _wait_exited(proc.pid, deadline):
-        limit_hit = "timeout"
-    if limit_hit and info_fd is not None and _kill_pid_1(proc.pid, info + _drain(info_fd)):
-        _wait_exited(proc.pid, time.monotonic() + 5)
-    # the leader is not reaped yet, so its process group id cannot have been reused
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    return b"".join(chunks[streams[0]]), b"".join(chunks[streams[1]]), limit_hit
-
-
-def _drain(fd: int) -> bytes:
-    """What can be read from `fd` now, without waiting."""
-    os.set_blocking(fd, False)
-    data = b""
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    return data
-
-
-def _kill_pid_1(bwrap_pid: int, info: bytes) -> bool:
-    """SIGKILL the sandbox's pid 1, named in bwrap's --info-fd output, if it is still bwrap's
-    child (through a pidfd, so that a reused pid is never signalled); whether it was sent."""
-    found = re.search(rb'"child-pid": (\d+)\D', info)  # the whole number, not a first chunk
-    if found is None or not hasattr(os, "pidfd_open"):
-        return False
-    pid = int(found.group(1))
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            parent = int(f.read().rsplit(")", 1)[1].split()[1])
-        if parent != bwrap_pid:
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
-    except (OSError, ValueError, IndexError):
-        return False
-    finally:
-        os.close(pidfd)
-
-
-def _exited(pid: int) -> bool:
-    """Whether the child `pid` has exited, without reaping it."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _wait_exited(pid: int, deadline: float) -> bool:
-    """Wait, without reaping, until the child `pid` has exited (True) or `deadline` passed."""
-    delay = 0.0005
-    while not _exited(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.02)
-    return True
 
 
 def _status(code: int | None, sig: int | None, stderr: str) -> str:

@@ -1,13 +1,15 @@
-"""The command line that starts one program in the sandbox: bubblewrap's arguments and the
-launcher that sets the program's limits from inside.
+"""One program in the sandbox: the command line that starts it (bubblewrap's arguments and the
+launcher that sets its limits from inside), and the watch over it until it ends or reaches a
+limit.
 
 bubblewrap (`bwrap`) gives the program new pid, network, ipc and uts namespaces (no network but
 its own loopback; no other process of the host visible), a root of its own with the system
 (/usr, /etc, /bin, /lib*) and the interpreter (its executable and its prefix's lib folder) bound
-read-only, a fresh /proc and a minimal /dev, and a private size-limited tmpfs at /sandbox as its
-work folder, HOME and /tmp. Nothing else of the host exists there: not the run folder, not
-/work, not the host's /tmp, not the home folder. The environment is cleared. `--die-with-parent`
-ends the sandbox with its caller, and `--new-session` keeps it off the caller's terminal.
+read-only, a fresh /proc and a minimal read-only /dev, and private size-limited tmpfs at
+/sandbox (its work folder, HOME and /tmp) and /dev/shm; the rest of its root is read-only.
+Nothing else of the host exists there: not the run folder, not /work, not the host's /tmp, not
+the home folder. The environment is cleared. `--die-with-parent` ends the sandbox with its
+caller, and `--new-session` keeps it off the caller's terminal.
 
 The launcher is a few lines of Python run inside the sandbox by the interpreter running
 rise-llm (its base prefix, not a venv), started `-I -S`: no environment variables, no user or
@@ -23,12 +25,23 @@ namespace, with every capability dropped but setuid/setgid, and the launcher dro
 its own (unused on the host, one per running program, so programs do not share the count) before
 running main.py; no_new_privs (bwrap sets it) keeps setuid files from giving anything back. As
 another user, bwrap's user namespace counts the program's processes apart from the user's.
+
+The watch (`communicate`) reads stdout and stderr together up to the output limit; at that limit
+or the wall time it kills the sandbox's pid 1 (named by bwrap's --info-fd), whose end takes every
+process of the sandbox with it before bwrap exits, so nothing of the program is left when it
+returns. Unsandboxed, it kills the process group instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import selectors
+import signal
+import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -162,3 +175,105 @@ def system_tasks() -> int:
             return int(f.read().split()[3].split("/")[1])
     except (OSError, IndexError, ValueError):
         return 1000
+
+
+def communicate(
+    proc: subprocess.Popen, limits: Limits, info_fd: int | None = None
+) -> tuple[bytes, bytes, str | None]:
+    """Read the program's output until it has ended or reached a limit, then end what is left.
+
+    Returns stdout, stderr (together at most `limits.output_bytes`) and the limit reached
+    ("timeout", "output") or None. `info_fd` is bwrap's --info-fd: at a limit the sandbox's
+    pid 1 is killed, whose end kills every process of the sandbox before bwrap exits, so that
+    nothing of the program is left once this returns. Without it (unsandboxed) the process
+    group is killed.
+    """
+    deadline = time.monotonic() + limits.wall_seconds
+    streams = (proc.stdout.fileno(), proc.stderr.fileno())
+    chunks: dict[int, list[bytes]] = {fd: [] for fd in streams}
+    info, kept, limit_hit = b"", 0, None
+    with selectors.DefaultSelector() as selector:
+        for fd in (*streams, info_fd) if info_fd is not None else streams:
+            selector.register(fd, selectors.EVENT_READ)
+        while any(fd in selector.get_map() for fd in streams):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                limit_hit = "timeout"
+                break
+            ready = selector.select(min(remaining, 0.25))
+            if not ready and exited(proc.pid):
+                break  # a child of an unsandboxed program holds the pipes open
+            for key, _ in ready:
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fd)
+                elif key.fd == info_fd:
+                    info += data
+                else:
+                    chunks[key.fd].append(data[: max(0, limits.output_bytes - kept)])
+                    kept += len(data)
+                    if kept > limits.output_bytes:
+                        limit_hit = "output"
+            if limit_hit:
+                break
+    if limit_hit is None and not wait_exited(proc.pid, deadline):
+        limit_hit = "timeout"
+    if limit_hit and info_fd is not None and kill_pid_1(proc.pid, info + drain(info_fd)):
+        wait_exited(proc.pid, time.monotonic() + 5)
+    # the leader is not reaped yet, so its process group id cannot have been reused
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    return b"".join(chunks[streams[0]]), b"".join(chunks[streams[1]]), limit_hit
+
+
+def drain(fd: int) -> bytes:
+    """What can be read from `fd` now, without waiting."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    return data
+
+
+def kill_pid_1(bwrap_pid: int, info: bytes) -> bool:
+    """SIGKILL the sandbox's pid 1, named in bwrap's --info-fd output, if it is still bwrap's
+    child (through a pidfd, so that a reused pid is never signalled); whether it was sent."""
+    found = re.search(rb'"child-pid": (\d+)\D', info)  # the whole number, not a first chunk
+    if found is None or not hasattr(os, "pidfd_open"):
+        return False
+    pid = int(found.group(1))
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        if parent != bwrap_pid:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def exited(pid: int) -> bool:
+    """Whether the child `pid` has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def wait_exited(pid: int, deadline: float) -> bool:
+    """Wait, without reaping, until the child `pid` has exited (True) or `deadline` passed."""
+    delay = 0.0005
+    while not exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.02)
+    return True
