@@ -283,3 +283,13 @@ def test_code_checks_judge_humaneval_responses_in_the_sandbox(tmp_path):
         # 3 reference solutions pass, their 3 broken copies fail, whatever the pool size
         assert (result["responses"], result["passed"]) == (6, 3)
         assert result["checks_per_s"] > 0
+
+
+def test_sandbox_counts_executions_per_second(tmp_path):
+    record = run_benchmark(
+        "sandbox.py", tmp_path / "sandbox.json", "--programs", "4", "--concurrency", "1,2"
+    )
+    ways = {"unsandboxed", "bare python"} | ({"bwrap"} if record["bwrap"] else set())
+    assert set(record["results"]) == {f"{w}, concurrency {c}" for w in ways for c in (1, 2)}
+    for result in record["results"].values():
+        assert result["ok"] == result["programs"] == 4 and result["executions_per_s"] > 0

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from rise_llm import sandbox as sandbox_module
+from rise_llm import sandbox_process
 from rise_llm.errors import RiseError
 from rise_llm.sandbox import Execution, Limits, Sandbox, bwrap_path
+from rise_llm.sandbox_process import interpreter_paths
 
 LIMITS = Limits(wall_seconds=2, cpu_seconds=5, memory_mb=512, processes=32, output_bytes=10_000)
 
@@ -84,6 +86,27 @@ def test_normal_program_returns_its_output_and_exit_code(sandbox):
     assert sandbox.isolated
 
 
+def test_ordinary_programs_work(sandbox):
+    """What honest code does: threads, a process pool (semaphores in /dev/shm), a temporary
+    file, /dev/null, a child interpreter."""
+    execution = sandbox.run(
+        "import multiprocessing, subprocess, sys, tempfile, threading\n"
+        "def square(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    threads = [threading.Thread(target=square, args=(i,)) for i in range(8)]\n"
+        "    [t.start() for t in threads] and None\n"
+        "    [t.join() for t in threads] and None\n"
+        "    with multiprocessing.Pool(2) as pool:\n"
+        "        print(pool.map(square, range(5)))\n"
+        "    with tempfile.NamedTemporaryFile('w') as f:\n"
+        "        f.write('x')\n"
+        "    open('/dev/null', 'w').write('x')\n"
+        "    child = [sys.executable, '-c', 'print(42)']\n"
+        "    print(subprocess.run(child, capture_output=True, text=True).stdout.strip())\n"
+    )
+    assert (execution.status, execution.stdout) == ("ok", "[0, 1, 4, 9, 16]\n42\n"), execution
+
+
 def test_infinite_loop_times_out(sandbox, sentinel):
     execution = sandbox.run("while True:\n    pass")
     _contained(sandbox, execution, "timeout", "timed out after 2 s")
@@ -127,6 +150,8 @@ def test_printing_100_mb_is_cut_at_the_output_limit(sandbox, sentinel):
 def test_writing_outside_the_work_folder_writes_nothing(sandbox, tmp_path, sentinel):
     unique = f"rise-sandbox-{uuid.uuid4().hex}"
     targets = [
+        f"/{unique}",
+        f"/dev/{unique}",
         f"/etc/{unique}",
         f"/usr/{unique}",
         str(tmp_path / unique),
@@ -146,6 +171,8 @@ def test_writing_outside_the_work_folder_writes_nothing(sandbox, tmp_path, senti
     assert "wrote inside.txt" in execution.stdout  # the work folder is writable
     for path in targets:
         assert not Path(path).exists(), path
+        if not path.startswith("/tmp/"):  # inside, /tmp is the work folder
+            assert f"failed {path}" in execution.stdout
 
 
 def test_home_and_run_folder_are_not_readable(sandbox, tmp_path, sentinel):
@@ -208,11 +235,11 @@ def test_file_size_and_work_folder_are_limited():
 
 
 def test_run_many_keeps_order_and_runs_concurrently(sandbox):
-    # each program records when it ran; the first sleeps longest, so it finishes last
+    # each program records when it ran; the first sleeps longest, so it finishes last, and
+    # the two that start together overlap unless the second is a whole second late
     sources = [
-        f"import time\nstart = time.time()\ntime.sleep({0.6 - 0.1 * i})\n"
-        f"print({i}, start, time.time())"
-        for i in range(4)
+        f"import time\nstart = time.time()\ntime.sleep({sleep})\nprint({i}, start, time.time())"
+        for i, sleep in enumerate([1.0, 0.8, 0.1, 0.1])
     ]
     executions = sandbox.run_many(sources)
     runs = [execution.stdout.split() for execution in executions]
@@ -269,9 +296,13 @@ def test_summary_lines(status, code, signal, summary):
     assert Execution(status, code, "", "", 0.1, signal, LIMITS).summary() == summary
 
 
-def test_limits_are_checked():
-    with pytest.raises(RiseError, match="wall_seconds must be positive"):
+def test_limits_and_concurrency_are_checked():
+    with pytest.raises(RiseError, match="wall_seconds must be positive, got 0"):
         Limits(wall_seconds=0)
+    with pytest.raises(RiseError, match=r"cpu_seconds must be a positive whole number, got 2\.5"):
+        Limits(cpu_seconds=2.5)
+    with pytest.raises(RiseError, match="concurrency must be at least 1, got 0"):
+        Sandbox(LIMITS, concurrency=0)
 
 
 def _sandbox(limits: Limits) -> Sandbox:
@@ -283,6 +314,14 @@ def _sandbox(limits: Limits) -> Sandbox:
         pytest.skip(str(error))
 
 
+def test_sees_only_the_system_the_interpreter_and_its_work_folder(sandbox):
+    execution = sandbox.run("import os\nprint(*sorted(os.listdir('/')))")
+    system = {"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "proc", "dev"}
+    interpreter = {path.split("/")[1] for path in interpreter_paths(sandbox._python)}
+    assert set(execution.stdout.split()) <= system | interpreter | {"tmp", "sandbox"}
+    assert {"usr", "etc", "sandbox", "tmp"} <= set(execution.stdout.split())
+
+
 def test_program_has_no_privileges(sandbox):
     execution = sandbox.run(
         "import os\nprint(os.getuid() != 0 or os.geteuid() != 0)\n"
@@ -291,3 +330,64 @@ def test_program_has_no_privileges(sandbox):
     )
     assert execution.status == "error" and "PermissionError" in execution.stderr
     assert execution.stdout.split() == ["True", "0000000000000000"]
+
+
+@pytest.mark.parametrize(
+    ("source", "status", "stderr"),
+    [
+        ("def f():\n    1 / 0\nf()", "error", 'File "/sandbox/main.py", line 3, in <module>'),
+        ("def f(\n", "error", '  File "/sandbox/main.py", line 1\n    def f(\n'),
+        ("if __name__ == '__main__':\n    quit(4)", "error", ""),
+        (
+            "import sys\nassert (sys.argv, __file__) == (['main.py'], '/sandbox/main.py')\nexit()",
+            "ok",
+            "",
+        ),
+    ],
+)
+def test_program_runs_as_python_main_py(sandbox, source, status, stderr):
+    """main.py runs as `python3 main.py` would: tracebacks and syntax errors show main.py's
+    lines and none of the launcher's, exit() and quit() exist, __name__ is "__main__"."""
+    execution = sandbox.run(source)
+    assert execution.status == status, execution.stderr
+    assert execution.stderr.startswith(("Traceback", stderr))
+    assert stderr in execution.stderr and "<string>" not in execution.stderr
+    assert execution.exit_code == (0 if status == "ok" else 4 if "quit" in source else 1)
+
+
+def test_main_py_sees_what_a_plain_run_sees(sandbox, tmp_path):
+    probe = "import sys\nprint(sorted(globals()), __name__, __cached__, sys.argv)"
+    (tmp_path / "main.py").write_text(probe)
+    python = os.path.realpath(sys._base_executable)
+    plain = subprocess.run([python, "-I", "-S", "main.py"], cwd=tmp_path, capture_output=True)
+    assert sandbox.run(probe).stdout == plain.stdout.decode()
+
+
+def test_readme_example_runs_as_written(sandbox):
+    """The README's "Running model-written code" example, its comments checked."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Running model-written code", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    lines = code.splitlines()
+    namespace: dict = {}
+    exec("\n".join(lines[:3]), namespace)
+    echo, sleep, many = (eval(line.split("  #")[0], namespace) for line in lines[3:])
+    assert (echo.status, echo.stdout) == ("ok", "cba\n")
+    assert sleep == "timed out after 2 s"
+    assert [e.status for e in many] == ["ok", "error"]
+
+
+def test_only_bwraps_own_child_is_killed_at_a_limit():
+    """At a limit the sandbox's pid 1 is killed by the pid bwrap reported: never a number cut
+    short by a read, nor a process that is not bwrap's child (a pid reused)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = f'{{\n    "child-pid": {child.pid},\n'.encode()
+        assert not sandbox_process.kill_pid_1(os.getpid(), info[:-2])  # no end to the number
+        assert not sandbox_process.kill_pid_1(child.pid, info)  # not that process's child
+        assert child.poll() is None
+        assert sandbox_process.kill_pid_1(os.getpid(), info)
+        assert child.wait() == -9
+    finally:
+        child.kill()
+        child.wait()

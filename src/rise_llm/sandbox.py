@@ -3,10 +3,11 @@
 A code task's verifier runs what the model wrote; on a user's machine that must not reach the
 network, the run folder, the home folder or the rest of the system, and must not outlive its
 limits. Rather than a sandbox of our own, each program runs under bubblewrap (`bwrap`, the
-sandbox Flatpak uses; `sandbox_command.py` builds its command line) as `python3 -I main.py` in a
-private work folder. CPU time, memory, processes and file size are rlimits set inside the
-sandbox; wall time and output are watched here, and the whole process group is killed when
-either is reached. `run_many` runs programs in a pool of threads, each waiting on one process.
+sandbox Flatpak uses; `sandbox_process.py` starts and watches each program) as main.py in a
+private work folder, with the standard library of the interpreter running rise-llm. CPU time,
+memory, processes and file size are rlimits set inside the sandbox; wall time and output are
+watched here, and every process of the program is killed when either is reached. `run_many` runs
+programs in a pool of threads, each waiting on one process.
 
 Where bwrap is missing, `Sandbox` refuses to run code unless `allow_unsandboxed=True`: then the
 program runs as a plain subprocess in a temporary folder with the same limits and no isolation.
@@ -18,11 +19,8 @@ program runs as a plain subprocess in a temporary folder with the same limits an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import re
-import selectors
 import shutil
 import signal
 import subprocess
@@ -33,10 +31,10 @@ import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from rise_llm.errors import RiseError
-from rise_llm.sandbox_command import bwrap_command, environment, launcher, system_tasks
+from rise_llm.sandbox_process import bwrap_command, communicate, environment, launcher, system_tasks
 
 ROOT_UIDS = range(1_000_000_000, 1_000_000_000 + 2**24)
 """Where a root host picks a fresh uid for each program: far above user and subuid ranges."""
@@ -51,20 +49,22 @@ class Limits:
     cpu_seconds: int = 5
     """RLIMIT_CPU: SIGXCPU at this much CPU time (status "cpu")."""
     memory_mb: int = 1024
-    """RLIMIT_AS: allocations beyond it fail, Python raises MemoryError (status "memory")."""
+    """RLIMIT_AS: allocations beyond it fail, Python raises MemoryError (status "memory").
+    Each process's own: a program of `processes` processes may use that many times more."""
     processes: int = 32
     """RLIMIT_NPROC: the most processes and threads the program may have at once."""
     output_bytes: int = 64_000
     """stdout+stderr kept; printing more kills the program (status "output")."""
     file_mb: int = 16
-    """RLIMIT_FSIZE, and the size of the private work folder."""
+    """RLIMIT_FSIZE, and the size of the private work folder (and of /dev/shm)."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            if not getattr(self, field.name) > 0:
-                raise RiseError(
-                    f"sandbox: {field.name} must be positive, got {getattr(self, field.name)}"
-                )
+            value = getattr(self, field.name)
+            whole = field.name != "wall_seconds"  # rlimits and byte counts are integers
+            if not isinstance(value, int if whole else (int, float)) or not value > 0:
+                kind = "a positive whole number" if whole else "positive"
+                raise RiseError(f"sandbox: {field.name} must be {kind}, got {value!r}")
 
 
 @dataclass
@@ -74,7 +74,8 @@ class Execution:
     status: str
     """"ok" (exit 0), "error" (non-zero exit), "timeout", "cpu", "memory", "output", "killed"."""
     exit_code: int | None
-    """The exit status; None when a signal (or we, at a limit) ended it."""
+    """The exit status; None when a signal (or we, at a limit) ended it. Under bwrap a status
+    above 128 reads as the signal 128 + N, as a shell reports it (bwrap gives no other way)."""
     stdout: str
     stderr: str
     seconds: float
@@ -122,10 +123,10 @@ class Sandbox:
         allow_unsandboxed: bool = False,
         concurrency: int | None = None,
     ):
+        if concurrency is not None and concurrency < 1:
+            raise RiseError(f"sandbox: concurrency must be at least 1, got {concurrency}")
         self.limits = limits
         self.concurrency = concurrency or os.cpu_count() or 1
-        if self.concurrency < 1:
-            raise RiseError(f"sandbox: concurrency must be at least 1, got {concurrency}")
         self._python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
         self._root = os.geteuid() == 0
         self._uids_in_use: set[int] = set()
@@ -136,7 +137,9 @@ class Sandbox:
         if self._bwrap is None:
             why = "bubblewrap (bwrap) is not installed"
         else:
-            check = self.run("pass")
+            self.limits = replace(limits, wall_seconds=max(limits.wall_seconds, 30.0))
+            check = self.run("pass")  # a busy machine may start it slowly: not a failure
+            self.limits = limits
             if check.status != "ok":
                 last = (check.stderr.strip().splitlines() or ["no message"])[-1]
                 why = f"bubblewrap cannot create a sandbox here ({last})"
@@ -165,8 +168,9 @@ class Sandbox:
         """Run `source` as main.py in a fresh private work folder, `stdin` on its standard input."""
         start = time.monotonic()
         with tempfile.TemporaryFile() as source_file, tempfile.TemporaryFile() as stdin_file:
-            source_file.write(source.encode())
-            stdin_file.write(stdin.encode())
+            # a lone surrogate reaches the program as the invalid UTF-8 it is
+            source_file.write(source.encode(errors="surrogatepass"))
+            stdin_file.write(stdin.encode(errors="surrogatepass"))
             source_file.seek(0)
             stdin_file.seek(0)
             if self.isolated:
@@ -188,8 +192,11 @@ class Sandbox:
         stdins = [""] * len(sources) if stdins is None else list(stdins)
         if len(stdins) != len(sources):
             raise RiseError(f"sandbox: {len(sources)} sources but {len(stdins)} stdins")
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             return list(pool.map(self.run, sources, stdins))
+        finally:  # on Ctrl-C, start no more programs; those running end within wall_seconds
+            pool.shutdown(cancel_futures=True)
 
     def _take_uid(self) -> int:
         """A uid no other program of this Sandbox is running as (processes count per uid)."""
@@ -216,7 +223,7 @@ class Sandbox:
             )
             os.close(info_write)
             info_write = -1
-            stdout, stderr, limit_hit = _communicate(proc, self.limits, info_read)
+            stdout, stderr, limit_hit = communicate(proc, self.limits, info_read)
         finally:
             os.close(info_read)
             if info_write >= 0:
@@ -244,78 +251,8 @@ class Sandbox:
                 env=environment(work),
                 start_new_session=True,
             )
-            stdout, stderr, limit_hit = _communicate(proc, self.limits)
+            stdout, stderr, limit_hit = communicate(proc, self.limits)
         return stdout, stderr, limit_hit, proc.returncode
-
-
-def _communicate(
-    proc: subprocess.Popen, limits: Limits, info_fd: int | None = None
-) -> tuple[bytes, bytes, str | None]:
-    """Read the program's output until it has ended or reached a limit, then end what is left.
-
-    Returns stdout, stderr (together at most `limits.output_bytes`) and the limit reached
-    ("timeout", "output") or None. `info_fd` is bwrap's --info-fd: at a limit the sandbox's
-    pid 1 is killed, whose end kills every process of the sandbox before bwrap exits, so that
-    nothing of the program is left once this returns. Without it (unsandboxed) the process
-    group is killed.
-    """
-    deadline = time.monotonic() + limits.wall_seconds
-    streams = (proc.stdout.fileno(), proc.stderr.fileno())
-    chunks: dict[int, list[bytes]] = {fd: [] for fd in streams}
-    info, kept, limit_hit = b"", 0, None
-    with selectors.DefaultSelector() as selector:
-        for fd in (*streams, info_fd) if info_fd is not None else streams:
-            selector.register(fd, selectors.EVENT_READ)
-        while any(fd in selector.get_map() for fd in streams):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                limit_hit = "timeout"
-                break
-            ready = selector.select(min(remaining, 0.25))
-            if not ready and _exited(proc.pid):
-                break  # a child of an unsandboxed program holds the pipes open
-            for key, _ in ready:
-                data = os.read(key.fd, 65536)
-                if not data:
-                    selector.unregister(key.fd)
-                elif key.fd == info_fd:
-                    info += data
-                else:
-                    chunks[key.fd].append(data[: max(0, limits.output_bytes - kept)])
-                    kept += len(data)
-                    if kept > limits.output_bytes:
-                        limit_hit = "output"
-            if limit_hit:
-                break
-    if limit_hit is None and not _wait_exited(proc.pid, deadline):
-        limit_hit = "timeout"
-    if limit_hit and (found := re.search(rb'"child-pid": (\d+)', info)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(found.group(1)), signal.SIGKILL)
-        _wait_exited(proc.pid, time.monotonic() + 5)
-    # the leader is not reaped yet, so its process group id cannot have been reused
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    return b"".join(chunks[streams[0]]), b"".join(chunks[streams[1]]), limit_hit
-
-
-def _exited(pid: int) -> bool:
-    """Whether the child `pid` has exited, without reaping it."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _wait_exited(pid: int, deadline: float) -> bool:
-    """Wait, without reaping, until the child `pid` has exited (True) or `deadline` passed."""
-    delay = 0.0005
-    while not _exited(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.02)
-    return True
 
 
 def _status(code: int | None, sig: int | None, stderr: str) -> str:
