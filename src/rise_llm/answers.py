@@ -123,7 +123,7 @@ def number_verdict(
     argument order is `math_equivalence.math_verdict`'s.
 
     >>> number_verdict("12", "so \\\\boxed{12 \\\\text{ apples}}")
-    Verdict(answer='12', reward=1)
+    Verdict(answer='12', reward=1, feedback=None)
     >>> number_verdict("12", "so \\\\boxed{12 \\\\text{ apples}}", read=parse_number).reward
     -1
     """

@@ -68,7 +68,7 @@ def math_verdict(truth: str, response: str) -> Verdict:
     """Answer and reward of a response to a problem whose final answer is `truth`.
 
     >>> math_verdict("\\\\frac{14}{3}", "so \\\\boxed{\\\\dfrac{14}{3}}")
-    Verdict(answer='14/3', reward=1)
+    Verdict(answer='14/3', reward=1, feedback=None)
     >>> math_verdict("\\\\frac{14}{3}", "no box").reward
     -1
     """
