@@ -17,8 +17,12 @@ Adam would amplify the rounding up to lr/eps times where a gradient is near its 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +133,42 @@ def test_a_failed_launch_is_one_line_with_its_log(tiny_model_dir, in_process, tm
     crashes = [line for line in crashes if re.match(r"\w+Error: ", line)]
     assert crashes and message.endswith(f": {crashes[-1]}")
     assert "ChildFailedError" in log.read_text()
+
+
+def _trainers(out: Path) -> list[int]:
+    """The live processes training into `out` (torch's launcher starts each training process
+    in a session of its own, outside the launch's process group; zombies left out)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if state != "Z" and b"train" in command and f"--out={out}".encode() in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_run_takes_its_training_down(tiny_model_dir, in_process, tmp_path):
+    """`rise run` killed by SIGKILL (it cannot stop anything itself) while its two training
+    processes run: the watcher of the launch's process group sends it SIGTERM, on which torch's
+    launcher stops its training processes; none is left."""
+    out = _prepared(in_process, tmp_path / "killed")
+    overrides = [f"base_model={tiny_model_dir}", f"out={out}", *SMALL, "train.batch_size=2", LAUNCH]
+    command = [sys.executable, "-m", "rise_llm", "run", str(QUICK_RUN)]
+    command += [arg for override in overrides for arg in ("--set", override)]
+    rise = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train = out / "iter1" / "train"
+    deadline = time.monotonic() + 120
+    while len(_trainers(train)) < 2:
+        assert rise.poll() is None and time.monotonic() < deadline, "the training never started"
+        time.sleep(0.1)
+    os.kill(rise.pid, 9)
+    rise.wait()
+    deadline = time.monotonic() + 60  # the watcher looks every 0.5 s; SIGKILL after 20 s
+    while _trainers(train) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _trainers(train) == []
+    assert not (train / TRAIN_RECORD).exists()  # killed before it finished
