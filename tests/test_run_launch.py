@@ -11,7 +11,14 @@ clipping, whose update is linear in the gradient: the two runs add the same grad
 another order, so their updates differ by rounding, ~1e-7 of the update on any CPU; the
 tolerance, 1e-4 of the largest weight update, is a thousand times that and a thousandth of what
 a wrongly averaged gradient (2x), a process on the wrong shard or a lost step would change.
-Adam would amplify the rounding up to lr/eps times where a gradient is near its eps.
+Adam would amplify the rounding up to lr/eps times where a gradient is near its eps. Measured:
+4.7e-6 on an AMD EPYC (family 26, model 2), above the 7.8e-7 of test_distributed.py's fixed
+data, probably because the collected examples differ more in length: each process pads its 2
+examples to the longer one where one process pads 4 to the longest, so the products run over
+other shapes, with other rounding.
+
+A failed launch is one line naming its log, a rerun of a finished run launches nothing, and a
+run killed by SIGKILL leaves no training process behind.
 """
 
 from __future__ import annotations

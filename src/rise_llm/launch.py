@@ -7,8 +7,10 @@ N -m rise_llm train --model ... --data ... --out ...`, with the same settings th
 call would get, passed as `rise train` flags (checked to read back into the same `TrainConfig`
 before anything starts). It runs in a process group of its own under `rise_llm.parent_watch`,
 so it ends with the run even when the run is killed by SIGKILL, and an interrupted run
-(Ctrl-C) stops it before it returns. Its output goes to OUT/iterK/train/launch.log (appended
-to on a resume); a failure is one line: the exit status, the log and the log's last error line.
+(Ctrl-C) stops it before it returns. Both stop it with SIGTERM first: torch's launcher starts
+each training process in a session of its own, outside the group, and stops them on SIGTERM.
+Its output goes to OUT/iterK/train/launch.log (appended to on a resume); a failure is one
+line: the exit status, the log and the log's last error line.
 
 A finished training is skipped without launching anything (the same `train.json` check as
 `train.run`); an unfinished one is launched again and `rise train` resumes from its last
@@ -45,8 +47,9 @@ LOG = "launch.log"
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
 ADDRESS = ("main_process_ip", "main_process_port", "machine_rank")
 """Where the processes meet, not what they train: these may change when a run resumes."""
-GRACE = 20.0
-"""Seconds an interrupted training has to stop after SIGTERM before its group gets SIGKILL."""
+GRACE = 40.0
+"""Seconds an interrupted training has to stop after SIGTERM before its group gets SIGKILL:
+more than the 30 s torch's launcher gives its training processes to stop."""
 
 
 @dataclass
