@@ -37,7 +37,7 @@ from conftest import QUICK_RUN
 from test_distributed import COMMON, TOLERANCE, _losses, _max_difference, _relative_difference
 
 from rise_llm.errors import RiseError
-from rise_llm.launch import LOG
+from rise_llm.launch import LOG, last_error
 from rise_llm.pipeline import load_run_config, run
 from rise_llm.train import MODEL_DIR, TRAIN_RECORD
 
@@ -52,6 +52,52 @@ LAUNCH = "train.launch={num_processes: 2, config_file: ddp, mixed_precision: 'no
 
 def _config(model: Path, out: Path, *extra: str):
     return load_run_config(QUICK_RUN, [f"base_model={model}", f"out={out}", *SMALL, *extra])
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("{num_processes: 0}", "train.launch.num_processes must be at least 1, got 0"),
+        ("{config_file: ddp}", "train.launch.num_processes: required setting is missing"),
+        ("{num_processes: 2, gpus: 2}", "train.launch.gpus: unknown setting"),
+        ("{num_processes: 2, config_file: nope.yaml}", "train.launch.config_file: nope.yaml is"),
+        (f"{{num_processes: 2, config_file: {QUICK_RUN}}}", "yaml is not a valid accelerate"),
+        ("{num_processes: 3, num_machines: 2, main_process_ip: h}", "must be a multiple of"),
+        ("{num_processes: 4, num_machines: 2}", "train.launch.main_process_ip: the address"),
+        ("{num_processes: 2, machine_rank: 1}", "train.launch.machine_rank must be in [0, 1)"),
+        ("{num_processes: 2, mixed_precision: bf17}", "train.launch.mixed_precision must be"),
+    ],
+)
+def test_a_bad_launch_section_fails_at_load_naming_the_field(section, message):
+    with pytest.raises(RiseError) as bad:
+        load_run_config(QUICK_RUN, ["base_model=m", f"train.launch={section}"])
+    assert message in str(bad.value)
+
+
+def test_a_shipped_config_by_name_and_the_flags_of_the_same_training():
+    config = load_run_config(QUICK_RUN, ["base_model=m", "train.launch={num_processes: 8}"])
+    command = config.launch_config().command(config.train_config(1))
+    assert command[3:7] == [
+        "--config_file",
+        str(config.launch_config().config_path),
+        "--num_processes",
+        "8",
+    ]
+    assert Path(command[4]).name == "ddp.yaml" and Path(command[4]).is_file()
+    assert command[command.index("rise_llm") + 1] == "train"
+    assert "--max-steps=3" in command and "--lr=0.001" in command  # the run's train section
+
+
+def test_the_error_line_of_a_log(tmp_path):
+    log = tmp_path / LOG
+    assert last_error(log) == "(no output)"
+    log.write_text(
+        "[rank0]: Traceback (most recent call last):\n[rank0]: ValueError: bad\n"
+        "subprocess.CalledProcessError: Command 'x' returned 1\n"
+    )
+    assert last_error(log) == "ValueError: bad"  # not the launcher's wrapper
+    log.write_text(log.read_text() + "rise train: error: train: no data\nTypeError: later\n")
+    assert last_error(log) == "rise train: error: train: no data"
 
 
 @pytest.fixture(scope="module")
