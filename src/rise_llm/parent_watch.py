@@ -2,7 +2,8 @@
 
     python -m rise_llm.parent_watch PARENT_PID COMMAND [ARGS...]
 
-`ServedModel` starts its server through this watcher, in a process group of their own. The
+`ServedModel` starts its server through this watcher, in a process group of their own, and
+`launch.run` its `accelerate launch` of a training the same way. The
 watcher runs COMMAND in that group and waits for it; every half second it checks that it is
 still the child of PARENT_PID. When the parent is gone (a `rise run` killed with SIGKILL cannot
 stop its server itself), it sends SIGTERM to the group, and SIGKILL after `GRACE` seconds, so no

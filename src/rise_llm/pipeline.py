@@ -9,6 +9,7 @@ One run folder holds everything:
     OUT/iterK/collect/       episodes.jsonl with every sample
     OUT/iterK/data/          data.jsonl (weighted examples)
     OUT/iterK/train/model/   the trained model (a standard HF folder)
+    OUT/iterK/train/launch.log  `accelerate launch`'s output, with `train.launch`
     OUT/iterK/eval/          metrics.json, episodes.jsonl
     OUT/LABEL/server.log     the server's output, when checkpoints are served (`server:`)
     OUT/summary.json         label -> that model's metrics.json content
@@ -18,7 +19,9 @@ One run folder holds everything:
 
 With a `server:` section, each checkpoint is served by its own server process (vLLM, SGLang,
 `rise serve`) while the stages in `server.stages` sample from it through the openai engine;
-the server is stopped before training, so it never holds the GPU the trainer needs.
+the server is stopped before training, so it never holds the GPU the trainer needs. With a
+`train.launch` section, each training runs as `accelerate launch ... -m rise_llm train ...` in a
+child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
 
 Every stage skips work it already finished, so rerunning the same command after a crash or a
 kill resumes where it stopped.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rise_llm import collect, data, evaluate, report_html, train
+from rise_llm import collect, data, evaluate, launch, report_html, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
@@ -91,7 +94,11 @@ class RunConfig:
         collect: `rise collect` settings (`collect.CollectConfig`); the run fills in the
             models, folders and task.
         data: `rise build-data` settings (`data.DataConfig`).
-        train: `rise train` settings (`train.TrainConfig`).
+        train: `rise train` settings (`train.TrainConfig`), and optionally `launch`: train
+            under `accelerate launch` (`launch.LaunchConfig`: num_processes, config_file,
+            num_machines, machine_rank, main_process_ip, main_process_port, mixed_precision).
+            On resume the number of processes, the config file and the precision must not
+            change (they change the global batch or the numbers); the address fields may.
         evaluate: `rise evaluate` settings (`evaluate.EvaluateConfig`), the same for every
             model of the run.
         server: serve each checkpoint with a server command and sample through it
@@ -142,6 +149,8 @@ class RunConfig:
         self.data_config(1)
         self.collect_config(1)
         self.train_config(1)
+        if self.launch_config() is not None:  # its `rise train` flags read back the same
+            launch.train_flags(self.train_config(1))
         self.evaluate_config(0)
         self.server_config()
 
@@ -197,11 +206,12 @@ class RunConfig:
 
     def train_config(self, k: int) -> train.TrainConfig:
         start = self.model_of(k - 1) if self.start_from == "previous" else self.base_model
+        settings = {k: v for k, v in self.train.items() if k != "launch"}
         return build(
             train.TrainConfig,
             {
                 "seed": self.seed + k,
-                **self.train,
+                **settings,
                 "model": start,
                 "chat_template": self.chat_template,
                 "data": [str(self.folder(k) / "data")],
@@ -210,6 +220,11 @@ class RunConfig:
             },
             "train",
         )
+
+    def launch_config(self) -> launch.LaunchConfig | None:
+        """The `train.launch` section: train under `accelerate launch`; None in-process."""
+        section = self.train.get("launch")
+        return None if section is None else build(launch.LaunchConfig, section, "train.launch")
 
     def evaluate_config(self, iteration: int) -> evaluate.EvaluateConfig:
         """The evaluation of the model `iteration` ends with (0: the base model)."""
@@ -277,7 +292,8 @@ def run(config: RunConfig) -> RunResult:
     settings = dataclasses.asdict(config)
     settings.pop("out")
     settings.pop("report_to")  # where results go, not what they are
-    check_settings(root, settings, "a run", may_grow=("iterations",), free=RESUME_FREE)
+    free = (*RESUME_FREE, *(f"train.launch.{name}" for name in launch.ADDRESS))
+    check_settings(root, settings, "a run", may_grow=("iterations",), free=free)
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
@@ -295,7 +311,11 @@ def run(config: RunConfig) -> RunResult:
         console.rule(f"[bold]iteration {k}: build data")
         data.build(config.data_config(k))
         console.rule(f"[bold]iteration {k}: train")
-        train.run(config.train_config(k))
+        launched = config.launch_config()
+        if launched is None:
+            train.run(config.train_config(k))
+        else:
+            launch.run(config.train_config(k), launched)
     summary = write_summary(config, metrics)
     return RunResult(metrics=metrics, summary=summary)
 

@@ -122,7 +122,8 @@ def check_settings(
     Rerunning a command into the same folder resumes it only with the same settings; anything
     else would mix two runs in one folder. Fields in `may_grow` may increase (more iterations).
     Fields named in `free` may change: they change how fast, not what is sampled (the engine's
-    batch size: every sample has its own random stream).
+    batch size: every sample has its own random stream), or where, not what (the address of a
+    launch's main process); a dotted name (train.launch.machine_rank) is a field of a section.
     A setting that an older record lacks counts as unchanged while it is off (None or False) or
     at its default (the settings' dataclass `defaults`, whose default is the behaviour before the
     setting existed), so folders written before an opt-in setting existed still resume.
@@ -131,8 +132,7 @@ def check_settings(
     previous = read_run_config(out, name)
     if previous is None:
         return None
-    now = {k: v for k, v in settings.items() if k not in free}
-    before = {k: v for k, v in previous.items() if k not in free}
+    now, before = _without(settings, free), _without(previous, free)
     changed = sorted(
         k
         for k in now.keys() | before.keys()
@@ -150,6 +150,20 @@ def check_settings(
             f"use another out folder or delete it{grow}"
         )
     return previous
+
+
+def _without(settings: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of `settings` without the fields `names` (dotted: a field of a section)."""
+    kept = {k: v for k, v in settings.items() if k not in names}
+    nested: dict[str, list[str]] = {}
+    for name in names:
+        head, sep, rest = name.partition(".")
+        if sep:
+            nested.setdefault(head, []).append(rest)
+    for head, rest in nested.items():
+        if isinstance(kept.get(head), dict):
+            kept[head] = _without(kept[head], tuple(rest))
+    return kept
 
 
 def field_defaults(cls: type) -> dict[str, Any]:

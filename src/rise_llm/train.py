@@ -283,7 +283,8 @@ def _weights_dtype(config: TrainConfig, bf16: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 and not _on_cpu(config) else torch.float32
 
 
-def _settings(config: TrainConfig) -> dict[str, Any]:
+def train_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings train.json records and a rerun must match (all but the out folder)."""
     return {k: v for k, v in asdict(config).items() if k != "out"}
 
 
@@ -430,7 +431,7 @@ def run(config: TrainConfig) -> Path:
     check_out(out, "train")
     record_path = out / TRAIN_RECORD
     if check_settings(
-        out, _settings(config), "a trained model", name=TRAIN_RECORD, defaults=TrainConfig
+        out, train_settings(config), "a trained model", name=TRAIN_RECORD, defaults=TrainConfig
     ):
         console.print(f"train: already done in {out}")
         return out / MODEL_DIR
@@ -478,9 +479,10 @@ def run(config: TrainConfig) -> Path:
     if trainer.is_world_process_zero():  # one writer under `accelerate launch`
         tokenizer.save_pretrained(out / MODEL_DIR)
         record = {
-            "config": _settings(config),
+            "config": train_settings(config),
             "versions": versions(),
             "machine": machine(),
+            "processes": trainer.args.world_size,
             "examples": len(dataset),
             "dropped": dataset.dropped,
             "steps": result.global_step,
