@@ -99,7 +99,7 @@ class RequestStats:
     errors: Counter[int] = field(default_factory=Counter)  # error responses by HTTP status
     short: int = 0  # answers with fewer choices than asked
     samples: int = 0
-    answered: Counter[str] = field(default_factory=Counter)  # 2xx answers by base URL
+    answered: Counter[str] = field(default_factory=Counter)  # answers used, by base URL
     down: Counter[str] = field(default_factory=Counter)  # times each replica was found down
 
     @property
@@ -380,6 +380,7 @@ class OpenAIEngine:
                 error = e
             else:
                 replicas.answered(i)
+                self.stats.answered[replicas.urls[i]] += 1
                 return replicas.urls[i], response
             finally:
                 replicas.in_flight[i] -= 1
@@ -409,7 +410,6 @@ class OpenAIEngine:
         async def answered(response) -> None:
             if response.status_code < 400:
                 self.stats.ok += 1
-                self.stats.answered[base_url] += 1
             else:
                 self.stats.errors[response.status_code] += 1
 
