@@ -64,7 +64,8 @@ class OpenAIOptions:
             fine for a local server started without a key.
         max_concurrency: most requests in flight at once.
         timeout: seconds a request may take before it counts as failed and is retried.
-        max_retries: retries of one request after 429, 5xx, a timeout or a lost connection.
+        max_retries: retries of one request after 408, 409, 429, 5xx, a timeout or a lost
+            connection; with replicas, also how many failures in a row take one down.
     """
 
     api_key_env: str = "OPENAI_API_KEY"
