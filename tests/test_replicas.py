@@ -234,3 +234,60 @@ server:
         assert not (out / "base" / f"server-{r}.pid").exists()  # stopped
     assert len((out / "iter1/collect/episodes.jsonl").read_text().splitlines()) == 8
     assert json.loads((out / "summary.json").read_text()).keys() == {"base", "iter1"}
+
+
+STAND_IN = """
+import http.server, json, os, sys
+print("devices:", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+class Models(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": sys.argv[1]}]}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Models).serve_forever()
+"""
+
+
+def test_replicas_start_with_their_own_port_log_and_devices_and_all_stop(tmp_path):
+    from rise_llm.engines.served import ServedReplicas
+
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    command = f"{sys.executable} {script} {{model}} {{port}}"
+    served = ServedReplicas(
+        command, "m", tmp_path / "server.log", 2, startup_timeout=30, devices=["0,1", "2,3"]
+    )
+    with served:
+        served.start()
+        groups = [member.process.pid for member in served.members]
+        urls = served.engine.base_urls
+        assert len(set(urls)) == 2 and served.engine.model == "m"
+    assert [log.name for log in served.logs] == ["server-1.log", "server-2.log"]
+    for log, devices in zip(served.logs, ["0,1", "2,3"], strict=True):
+        assert f"devices: {devices}" in log.read_text()
+        assert not log.with_suffix(".pid").exists()
+    assert _empty_within(groups, 10)  # every process of both groups has ended
+
+
+def _empty_within(groups: list[int], seconds: float) -> bool:
+    """Whether no live (non-zombie) process is left in `groups` within `seconds`."""
+
+    def live() -> list[int]:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        return members
+
+    deadline = time.monotonic() + seconds
+    while live() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not live()
