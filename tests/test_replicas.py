@@ -27,7 +27,10 @@ from rise_llm.engines.served import ServedModel, ServerConfig, devices_of_replic
 from rise_llm.errors import RiseError
 
 RISE = str(Path(sys.executable).parent / "rise")
-SERVE = f"{RISE} serve {{model}} --port {{port}} --device cpu --dtype float32 --batch-size 16"
+# float64: the two collections batch requests differently at the servers; in float32 that
+# changes rounding by ~1e-7 of a logit, enough to flip a near-tie on some CPUs (conftest.py's
+# exact_engine), in float64 not
+SERVE = f"{RISE} serve {{model}} --port {{port}} --device cpu --dtype float64 --batch-size 16"
 CLIENT = {"timeout": 60.0, "max_retries": 3, "max_concurrency": 4}
 
 
@@ -109,10 +112,10 @@ def _collect(spec: str, out: Path, learner=None) -> list:
     config = collect.CollectConfig(
         model=spec,
         out=str(out),
-        limit=12,
+        limit=24,
         turns=2,
         samples=3,
-        max_new_tokens=16,
+        max_new_tokens=24,
         engine_options=CLIENT,
     )
     return collect.run(config, learner=learner)
@@ -122,8 +125,9 @@ def test_a_replica_killed_in_the_middle_of_a_collection(tiny_model_dir, tmp_path
     """Two `rise serve` processes; the second is SIGKILLed (its whole process group) once it
     has answered 3 requests. The collection completes with every episode once, equal to the
     same collection from one server: each request's seed is its conversation's and round's,
-    whichever replica answers it, and the toy samples on CPU in float32 with a per-request
-    random stream, so two server processes give the same tokens for the same request."""
+    whichever replica answers it, and `rise serve` samples each request from its own seeded
+    stream (float64: no rounding flip between batches), so two server processes give the same
+    tokens for the same request."""
     servers = [
         ServedModel(SERVE, str(tiny_model_dir), tmp_path / f"server-{r}.log", 300, CLIENT)
         for r in (1, 2)
@@ -168,7 +172,7 @@ def test_a_replica_killed_in_the_middle_of_a_collection(tiny_model_dir, tmp_path
     assert engine.stats.answered[first] > answered_at_kill[first]  # which answered after the kill
     episodes = outcome["episodes"]
     ids = [e.problem_id for e in episodes]
-    assert len(ids) == len(set(ids)) == len(reference) == 12  # every episode once
+    assert len(ids) == len(set(ids)) == len(reference) == 24  # every episode once
     for episode in episodes:  # every state has its samples: 1 on-policy, then 3 improved
         assert [len(t.attempts) for t in episode.turns] == [1, 3][: len(episode.turns)]
     assert sorted(episodes, key=_key) == sorted(reference, key=_key)  # the same samples
