@@ -21,8 +21,9 @@ or fails `max_retries + 1` times in a row, while another replica is up: its requ
 and all later ones of the call go to the others, at once and without using a retry. A request's
 seed depends on its conversation's key and its round only, never on the replica, so the samples
 are the same whichever replica answers, and a request moved is asked again, never answered
-twice. The last replica up is retried like a single server; when it fails too, the error names
-every replica. Replicas down are tried again at the next `generate` call (the next turn).
+twice. The last replica up is retried like a single server; when it fails too, the error is
+one line naming every replica and how it failed. Replicas down are tried again at the next
+`generate` call (the next turn).
 
 The API key is read from the environment variable `api_key_env` when requests are sent; it is
 never part of a config, so it is never written to a run folder or a log.
@@ -203,7 +204,7 @@ class Replicas:
         )
         if others_up and (lost or self.failures[i] > self.max_retries):
             self.down[i] = (
-                "connection refused or lost"
+                _short(error)
                 if lost
                 else f"{self.failures[i]} failures in a row, the last {_short(error)}"
             )
@@ -215,14 +216,13 @@ class Replicas:
             return True
         return False
 
-    def others_down(self, i: int) -> str:
-        """'; every other replica is down: URL (why), ...' when there are others."""
-        downs = [
+    def others_down(self, i: int) -> list[str]:
+        """'URL (why it is down)' of every replica down but `i`."""
+        return [
             f"{url} ({why})"
             for url, why in zip(self.urls, self.down, strict=True)
             if why and url != self.urls[i]
         ]
-        return f"; every other replica is down: {', '.join(downs)}" if downs else ""
 
 
 class OpenAIEngine:
@@ -392,8 +392,14 @@ class OpenAIEngine:
                 self.stats.down[replicas.urls[i]] += was_up
                 continue  # moved to another replica, without using a retry
             if retries == self.options.max_retries:
-                explained = self._explain(error, replicas.urls[i], retries)
-                raise RiseError(explained + replicas.others_down(i)) from None
+                others = replicas.others_down(i)
+                if not others:
+                    raise RiseError(self._explain(error, replicas.urls[i], retries)) from None
+                last = f"{replicas.urls[i]} ({_short(error)}, after {retries} retries)"
+                raise RiseError(
+                    f"all {len(replicas.urls)} replicas of model {self.model!r} failed: "
+                    f"{', '.join([*others, last])}; are the servers running?"
+                ) from None
             await asyncio.sleep(_backoff(retries, error))
             retries += 1
 
@@ -449,6 +455,8 @@ def _short(error: openai.OpenAIError) -> str:
         return f"{error.status_code} {message}".strip()
     if isinstance(error, openai.APITimeoutError):
         return "a timeout"
+    if isinstance(error, openai.APIConnectionError):
+        return "connection refused or lost"
     return type(error).__name__
 
 
