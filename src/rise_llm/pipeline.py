@@ -11,7 +11,8 @@ One run folder holds everything:
     OUT/iterK/train/model/   the trained model (a standard HF folder)
     OUT/iterK/train/launch.log  `accelerate launch`'s output, with `train.launch`
     OUT/iterK/eval/          metrics.json, episodes.jsonl
-    OUT/LABEL/server.log     the server's output, when checkpoints are served (`server:`)
+    OUT/LABEL/server.log     the server's output, when checkpoints are served (`server:`);
+                             server-1.log, server-2.log, ... with `server.replicas` > 1
     OUT/summary.json         label -> that model's metrics.json content
     OUT/comparisons.json     each iteration against base, with bootstrap intervals
     OUT/accuracy_by_turn.png
@@ -19,9 +20,10 @@ One run folder holds everything:
 
 With a `server:` section, each checkpoint is served by its own server process (vLLM, SGLang,
 `rise serve`) while the stages in `server.stages` sample from it through the openai engine;
-the server is stopped before training, so it never holds the GPU the trainer needs. With a
-`train.launch` section, each training runs as `accelerate launch ... -m rise_llm train ...` in a
-child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
+the server is stopped before training, so it never holds the GPU the trainer needs. With
+`server.replicas: N` each checkpoint gets N servers, sampled through one engine over all of them.
+With a `train.launch` section, each training runs as `accelerate launch ... -m rise_llm train
+...` in a child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
 
 Every stage skips work it already finished, so rerunning the same command after a crash or a
 kill resumes where it stopped.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,7 @@ from rise_llm import collect, data, evaluate, launch, report_html, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
-from rise_llm.engines.served import ServedModel, ServerConfig
+from rise_llm.engines.served import ServedModel, ServedReplicas, ServerConfig, devices_of_replicas
 from rise_llm.errors import RiseError, check_at_least, check_device
 from rise_llm.metrics import Metrics
 from rise_llm.progress import console
@@ -103,7 +106,8 @@ class RunConfig:
             model of the run.
         server: serve each checkpoint with a server command and sample through it
             (`engines.served.ServerConfig`: command, stages, startup_timeout,
-            engine_options); none samples in-process.
+            engine_options, replicas, devices_per_replica, replica_devices); none samples
+            in-process.
         report_to: trackers that get every model's metrics and each iteration's claims
             (`trackers.py`): ["tensorboard"] (to OUT/tensorboard), ["wandb"], or ["none"].
     """
@@ -253,12 +257,29 @@ class RunConfig:
         server = self.server_config()
         if server.command is None:
             return contextlib.nullcontext(None)
+        devices = devices_of_replicas(
+            server.replicas,
+            server.devices_per_replica,
+            server.replica_devices,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+        if server.replicas > 1:
+            return ServedReplicas(
+                server.command,
+                self.model_of(iteration),
+                log=self.folder(iteration) / "server.log",
+                replicas=server.replicas,
+                startup_timeout=server.startup_timeout,
+                engine_options=server.engine_options,
+                devices=devices,
+            )
         return ServedModel(
             server.command,
             self.model_of(iteration),
             log=self.folder(iteration) / "server.log",
             startup_timeout=server.startup_timeout,
             engine_options=server.engine_options,
+            env={"CUDA_VISIBLE_DEVICES": devices[0]} if devices[0] is not None else None,
         )
 
 

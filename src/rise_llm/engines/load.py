@@ -1,8 +1,8 @@
 """One entry point from a model spec to an engine, for every stage that samples.
 
-`openai:MODEL[@BASE_URL]` samples from an OpenAI-compatible server (`engines/openai.py`);
-anything else is a model folder, file or Hub id loaded in-process with transformers
-(`engines/hf.py`, loading through `models.py`).
+`openai:MODEL[@BASE_URL[,URL...]]` samples from an OpenAI-compatible server, or several
+replicas of one model (`engines/openai.py`); anything else is a model folder, file or Hub id
+loaded in-process with transformers (`engines/hf.py`, loading through `models.py`).
 """
 
 from __future__ import annotations
