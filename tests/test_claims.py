@@ -133,6 +133,23 @@ def test_rise_claims_by_hand() -> None:
     assert claims[3].significant  # its whole interval clears -0.02
 
 
+def test_one_turn_claims_only_what_one_turn_shows() -> None:
+    """K = 1 runs no parallel mode (its samples are turn 1) and has no turn gain: the two
+    claims that need them are left out rather than computed from missing outcomes."""
+
+    def first_turn(episodes):
+        return [
+            Episode(problem_id=ep.problem_id, mode=ep.mode, turns=ep.turns[:1])
+            for ep in episodes
+            if ep.mode != "parallel"
+        ]
+
+    claims = rise_claims(first_turn(BASE), first_turn(TRAINED), turns=1)
+    assert [c.name for c in claims] == ["p1@t1 gain over base", "acc@1 change from base"]
+    # per problem a, b, c, d: first turns 0,1,0,0 -> 0,1,1,0 (oracle at turn 1 = acc@1)
+    assert [c.estimate for c in claims] == [0.25, 0.25]
+
+
 def test_rise_claims_need_the_same_problems() -> None:
     fewer = [ep for ep in TRAINED if ep.problem_id != "d"]
     with pytest.raises(ValueError, match="same problems"):
