@@ -199,3 +199,27 @@ def mbpp_folder(tmp_path_factory) -> Path:
     write_jsonl(folder / "train.jsonl", MBPP_RECORDS[:2])
     write_jsonl(folder / "test.jsonl", MBPP_RECORDS[2:])
     return folder
+
+
+def sandbox_or_skip(limits=None, concurrency: int = 2):
+    """A real `Sandbox` (bubblewrap), or skip the test with the reason it cannot be had here:
+    fail instead under RISE_SANDBOX_TEST=required (`.ci/run` installs bubblewrap and sets it)."""
+    from rise_llm.errors import RiseError
+    from rise_llm.sandbox import Limits, Sandbox, bwrap_path
+
+    if bwrap_path() is None:
+        why = "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
+    else:
+        try:
+            return Sandbox(limits or Limits(), concurrency=concurrency)
+        except RiseError as error:
+            why = str(error)
+    if os.environ.get("RISE_SANDBOX_TEST") == "required":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def needs_sandbox():
+    """For tests that run model-written code: skip where bubblewrap cannot sandbox (fail in CI)."""
+    return sandbox_or_skip()

@@ -272,7 +272,7 @@ def test_report_measures_size_and_load_time(tmp_path):
         assert 0 < small["load_s"] <= small["ready_s"] and small["open_episode_s"] > 0
 
 
-def test_code_checks_judge_humaneval_responses_in_the_sandbox(tmp_path):
+def test_code_checks_judge_humaneval_responses_in_the_sandbox(tmp_path, needs_sandbox):
     record = run_benchmark(
         "code_checks.py",
         tmp_path / "code_checks.json",

@@ -27,6 +27,7 @@ from rise_llm.cli import main
 from rise_llm.engines.base import Completion
 from rise_llm.records import CollectedEpisode, Episode, read_jsonl
 
+SANDBOXED = pytest.mark.usefixtures("needs_sandbox")  # skip where bwrap cannot run (CI: fail)
 FAILED = "Visible test 1 of 2 failed"
 PASSED = "All visible tests passed"
 
@@ -62,6 +63,7 @@ def humaneval_file(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("he") / "he.jsonl", [HUMANEVAL_0])
 
 
+@SANDBOXED
 def test_evaluate_feedback_from_visible_tests_reward_from_hidden(tmp_path, humaneval_file):
     engine = Scripted(repairs_when_told)
     config = evaluate.EvaluateConfig(
@@ -91,6 +93,7 @@ def test_evaluate_feedback_from_visible_tests_reward_from_hidden(tmp_path, human
     assert [t.feedback for t in stored[0].turns] == [t.feedback for t in no_oracle.turns]
 
 
+@SANDBOXED
 def test_collect_states_carry_the_visible_feedback(tmp_path, mbpp_folder):
     """MBPP: a wrong attempt; at turn 2 the samples see the failing first test, and the episode
     goes on only while no sample passes the hidden tests."""
@@ -144,6 +147,7 @@ HOSTILE = {
 }
 
 
+@SANDBOXED
 def test_hostile_samples_are_verdicts_and_the_collection_goes_on(tmp_path, mbpp_folder):
     """Every sample of turn 2 is a hostile program (as the first function's body runs at
     import): each gets reward 0 with a feedback line, the secret stays unread, no connection
@@ -202,6 +206,7 @@ def test_hostile_samples_are_verdicts_and_the_collection_goes_on(tmp_path, mbpp_
         assert "No such file" in feedback["read home"]
 
 
+@SANDBOXED
 def test_the_toy_through_the_cli_scores_zero(tmp_path, tiny_model_dir, humaneval_file, mbpp_folder):
     """`rise evaluate`, `rise collect` and `rise run` with the toy on the code tasks: it writes
     no code block (reward -1, the no-block feedback), and everything is recorded."""

