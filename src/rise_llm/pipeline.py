@@ -386,7 +386,8 @@ def join(config: RunConfig, launched: launch.LaunchConfig) -> None:
         while not data.built(wanted):
             _check_settings(config)  # a machine given another config fails before it waits
             if not waiting:
-                console.print(f"{where}: waiting for machine 0 to build {wanted.out}")
+                message = f"{where}: waiting for machine 0 to build {wanted.out}"
+                console.print(message, soft_wrap=True)
                 waiting = True
             time.sleep(POLL)
         _check_settings(config)
