@@ -73,6 +73,9 @@ class LaunchConfig:
             "deepspeed-zero3" (configs/accelerate/, also inside the installed package).
         num_machines: machines taking part; none keeps the config file's.
         machine_rank: this machine's rank, 0 on the main one; none keeps the config file's.
+            In `rise run`, machine h > 0 only joins each iteration's training (`pipeline.join`):
+            every machine runs the same config with its own rank (`--set
+            train.launch.machine_rank=h`).
         main_process_ip: the address of machine 0; none keeps the config file's.
         main_process_port: its port; none keeps the config file's, or on one machine picks a
             free port for each launch (two runs on one machine then never collide).
