@@ -42,7 +42,8 @@ from test_distributed import COMMON, TOLERANCE, _losses, _max_difference, _relat
 from rise_llm.engines.served import free_port
 from rise_llm.errors import RiseError
 from rise_llm.launch import LOG, last_error
-from rise_llm.pipeline import load_run_config, run
+from rise_llm.pipeline import load_run_config, run, run_settings
+from rise_llm.provenance import write_run_record
 from rise_llm.train import MODEL_DIR, TRAIN_RECORD
 
 # one iteration, few problems: the stages before training only make its data
@@ -102,6 +103,20 @@ def test_the_error_line_of_a_log(tmp_path):
     assert last_error(log) == "ValueError: bad"  # not the launcher's wrapper
     log.write_text(log.read_text() + "rise train: error: train: no data\nTypeError: later\n")
     assert last_error(log) == "rise train: error: train: no data"
+
+
+def test_machine_1_refuses_a_run_folder_of_another_config(tmp_path):
+    """Machine h > 0 checks node 0's config.json before it waits for anything: a machine given
+    another config (here another learning rate) stops at once instead of training otherwise."""
+    section = "{num_processes: 2, num_machines: 2, main_process_ip: 127.0.0.1}"
+    overrides = ["base_model=m", f"out={tmp_path}", f"train.launch={section}"]
+    machine_0 = load_run_config(QUICK_RUN, overrides)
+    write_run_record(tmp_path, run_settings(machine_0))
+    machine_1 = load_run_config(QUICK_RUN, [*overrides, "train.launch.machine_rank=1"])
+    assert machine_1.launch_config().log_name() == "launch-node1.log"
+    with pytest.raises(RiseError, match=r"holds a run with different settings \(train\)"):
+        run(load_run_config(QUICK_RUN, [*overrides, "train.launch.machine_rank=1", "train.lr=1"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # it wrote nothing
 
 
 @pytest.fixture(scope="module")

@@ -314,7 +314,7 @@ def _evaluate(config: RunConfig, iteration: int, engine: Engine | None = None) -
     return evaluate.run(config.evaluate_config(iteration), engine).metrics
 
 
-def _settings(config: RunConfig) -> dict[str, Any]:
+def run_settings(config: RunConfig) -> dict[str, Any]:
     """What config.json records and a resumed run must match."""
     settings = dataclasses.asdict(config)
     settings.pop("out")
@@ -325,7 +325,7 @@ def _settings(config: RunConfig) -> dict[str, Any]:
 def _check_settings(config: RunConfig) -> None:
     """Refuse a run folder that holds a run with other settings (the address may change)."""
     free = (*RESUME_FREE, *(f"train.launch.{name}" for name in launch.ADDRESS))
-    check_settings(config.root, _settings(config), "a run", may_grow=("iterations",), free=free)
+    check_settings(config.root, run_settings(config), "a run", may_grow=("iterations",), free=free)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -337,7 +337,7 @@ def run(config: RunConfig) -> RunResult:
     if launched is not None and launched.rank > 0:
         join(config, launched)
         return RunResult(metrics={}, summary={})
-    settings = _settings(config)
+    settings = run_settings(config)
     _check_settings(config)
     stages = config.server_config().stages
     metrics = {}
