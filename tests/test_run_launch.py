@@ -17,6 +17,9 @@ data, probably because the collected examples differ more in length: each proces
 examples to the longer one where one process pads 4 to the longest, so the products run over
 other shapes, with other rounding.
 
+The same comparison holds for a run on two "machines": two `rise run` processes of one config
+on this machine, machine_rank 0 and 1 with one training process each, meeting on 127.0.0.1.
+
 A failed launch is one line naming its log, a rerun of a finished run launches nothing, and a
 run killed by SIGKILL leaves no training process behind.
 """
@@ -36,9 +39,11 @@ import pytest
 from conftest import QUICK_RUN
 from test_distributed import COMMON, TOLERANCE, _losses, _max_difference, _relative_difference
 
+from rise_llm.engines.served import free_port
 from rise_llm.errors import RiseError
 from rise_llm.launch import LOG, last_error
-from rise_llm.pipeline import load_run_config, run
+from rise_llm.pipeline import load_run_config, run, run_settings
+from rise_llm.provenance import write_run_record
 from rise_llm.train import MODEL_DIR, TRAIN_RECORD
 
 # one iteration, few problems: the stages before training only make its data
@@ -98,6 +103,20 @@ def test_the_error_line_of_a_log(tmp_path):
     assert last_error(log) == "ValueError: bad"  # not the launcher's wrapper
     log.write_text(log.read_text() + "rise train: error: train: no data\nTypeError: later\n")
     assert last_error(log) == "rise train: error: train: no data"
+
+
+def test_machine_1_refuses_a_run_folder_of_another_config(tmp_path):
+    """Machine h > 0 checks node 0's config.json before it waits for anything: a machine given
+    another config (here another learning rate) stops at once instead of training otherwise."""
+    section = "{num_processes: 2, num_machines: 2, main_process_ip: 127.0.0.1}"
+    overrides = ["base_model=m", f"out={tmp_path}", f"train.launch={section}"]
+    machine_0 = load_run_config(QUICK_RUN, overrides)
+    write_run_record(tmp_path, run_settings(machine_0))
+    machine_1 = load_run_config(QUICK_RUN, [*overrides, "train.launch.machine_rank=1"])
+    assert machine_1.launch_config().log_name() == "launch-node1.log"
+    with pytest.raises(RiseError, match=r"holds a run with different settings \(train\)"):
+        run(load_run_config(QUICK_RUN, [*overrides, "train.launch.machine_rank=1", "train.lr=1"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # it wrote nothing
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +244,73 @@ def test_a_killed_run_takes_its_training_down(tiny_model_dir, in_process, tmp_pa
         time.sleep(0.2)
     assert _trainers(train) == []
     assert not (train / TRAIN_RECORD).exists()  # killed before it finished
+
+
+def _rise_run(overrides: list[str], log: Path) -> subprocess.Popen:
+    """`rise run` of the quick config with `--set` overrides, as a user types it; output to log."""
+    command = [sys.executable, "-m", "rise_llm", "run", str(QUICK_RUN)]
+    command += [arg for override in overrides for arg in ("--set", override)]
+    with log.open("wb") as stream:
+        return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+
+
+def _files(out: Path) -> dict[str, int]:
+    """Every file under `out` and its modification time (ns): what a process wrote there."""
+    return {str(f.relative_to(out)): f.stat().st_mtime_ns for f in out.rglob("*") if f.is_file()}
+
+
+@pytest.mark.slow
+def test_two_machines_on_loopback_match_the_in_process_run(tiny_model_dir, in_process, tmp_path):
+    """Two "machines" on this one: the same `rise run` command twice, `machine_rank` 0 and 1,
+    one training process each (global batch 2 x 2, as above), one shared run folder. Machine
+    1 starts first and waits for the data machine 0 builds (from the in-process run's
+    collection, copied in: the same data), then both launch their part of iteration 1's
+    training and meet on 127.0.0.1; machine 0 then evaluates and writes the summary."""
+    out = tmp_path / "nodes"
+    for stage in ("base", "iter1/collect"):
+        shutil.copytree(in_process / stage, out / stage)
+    section = "{num_processes: 2, num_machines: 2, main_process_ip: 127.0.0.1, "
+    section += f"main_process_port: {free_port()}, config_file: ddp, mixed_precision: 'no'}}"
+    overrides = [f"base_model={tiny_model_dir}", f"out={out}", *SMALL, "train.batch_size=2"]
+    overrides.append(f"train.launch={section}")
+    logs = [tmp_path / "machine0.log", tmp_path / "machine1.log"]
+    machines = [_rise_run([*overrides, "train.launch.machine_rank=1"], logs[1])]
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for machine 0 to build" not in logs[1].read_text():
+            assert machines[0].poll() is None, logs[1].read_text()[-3000:]
+            assert time.monotonic() < deadline, "machine 1 never waited for the data"
+            time.sleep(0.2)
+        assert not (out / "iter1" / "data").exists()  # machine 1 builds nothing
+        machines.insert(0, _rise_run(overrides, logs[0]))
+        for machine, log in zip(machines, logs, strict=True):
+            assert machine.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        for machine in machines:
+            if machine.poll() is None:  # a failed assertion above: its watcher ends its training
+                machine.kill()
+                machine.wait()
+
+    train, single = out / "iter1" / "train", in_process / "iter1" / "train"
+    assert _max_difference(train / MODEL_DIR, tiny_model_dir) > 1e-3  # it did train
+    difference = _relative_difference(train / MODEL_DIR, single / MODEL_DIR, tiny_model_dir)
+    assert difference < TOLERANCE
+    assert _losses(train) == pytest.approx(_losses(single), rel=1e-5)
+    assert json.loads((train / TRAIN_RECORD).read_text())["processes"] == 2
+    # each machine's training process ran `rise train`, logged on its own machine
+    assert (train / LOG).read_text().count("trained model:") == 1
+    assert (train / "launch-node1.log").read_text().count("trained model:") == 1
+    assert "--machine_rank 1" in (train / "launch-node1.log").read_text()
+    assert (out / "summary.json").exists() and (out / "iter1" / "eval" / "metrics.json").exists()
+    assert "all 1 trainings done" in logs[1].read_text()
+
+    # machine 1 again: the training is done, it launches nothing and writes nothing
+    written = _files(out)
+    rerun = _rise_run([*overrides, "train.launch.machine_rank=1"], tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert "train: already done" in (tmp_path / "rerun.log").read_text()
+    assert _files(out) == written
+    print(
+        f"\ntwo machines (1 process each) against in-process: max weight difference / max "
+        f"update {difference:.1e}"
+    )

@@ -157,6 +157,17 @@ def cap_keep_states(examples: list[TrainingExample], ratio: float) -> list[Train
     return [ex for ex in examples if ex.source != KEEP or id(ex) in kept]
 
 
+def _settings(config: BuildDataConfig) -> dict:
+    return {k: v for k, v in vars(config).items() if k != "out"}
+
+
+def built(config: BuildDataConfig) -> bool:
+    """Whether `config.out` holds data built with these settings (its config.json is written
+    first, data.jsonl last and whole, so both there means finished)."""
+    out = Path(config.out)
+    return read_run_config(out) == _settings(config) and (out / DATA).exists()
+
+
 def build(config: BuildDataConfig) -> list[TrainingExample]:
     """Build `out/data.jsonl` from the collections and print a summary.
 
@@ -188,9 +199,9 @@ def build(config: BuildDataConfig) -> list[TrainingExample]:
             "episodes; try criteria 'all' or collect more problems"
         )
     out, path = Path(config.out), Path(config.out) / DATA
-    settings = {k: v for k, v in vars(config).items() if k != "out"}
     text = jsonl_text(examples)
-    if read_run_config(out) == settings and path.exists() and path.read_text("utf-8") == text:
+    settings = _settings(config)
+    if built(config) and path.read_text("utf-8") == text:
         # a rerun (a resumed `rise run`) leaves finished data as it is, timestamps included
         console.print(f"build-data: {path} already holds this data, kept")
     else:

@@ -15,6 +15,12 @@ line: the exit status, the log and the log's last error line.
 A finished training is skipped without launching anything (the same `train.json` check as
 `train.run`); an unfinished one is launched again and `rise train` resumes from its last
 checkpoint, as in one process.
+
+On several machines (`num_machines` > 1) every machine runs this with its own `machine_rank`
+and the same run folder on a file system they all mount. Machine 0's launch logs to
+launch.log as above; machine h's to launch-nodeH.log beside it, so no two machines write the
+same file. Only the training's main process (on machine 0) writes the model and `train.json`;
+machine h waits for that record after its own launch ends.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ LOG = "launch.log"
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
 ADDRESS = ("main_process_ip", "main_process_port", "machine_rank")
 """Where the processes meet, not what they train: these may change when a run resumes."""
+RECORD_WAIT = 60.0
+"""Seconds machine h > 0 waits for machine 0's `train.json` after its own launch ended well: a
+shared file system may show another machine's new file late."""
 GRACE = 40.0
 """Seconds an interrupted training has to stop after SIGTERM before its group gets SIGKILL:
 more than the 30 s torch's launcher gives its training processes to stop."""
@@ -64,6 +73,9 @@ class LaunchConfig:
             "deepspeed-zero3" (configs/accelerate/, also inside the installed package).
         num_machines: machines taking part; none keeps the config file's.
         machine_rank: this machine's rank, 0 on the main one; none keeps the config file's.
+            In `rise run`, machine h > 0 only joins each iteration's training (`pipeline.join`):
+            every machine runs the same config with its own rank (`--set
+            train.launch.machine_rank=h`).
         main_process_ip: the address of machine 0; none keeps the config file's.
         main_process_port: its port; none keeps the config file's, or on one machine picks a
             free port for each launch (two runs on one machine then never collide).
@@ -141,6 +153,15 @@ class LaunchConfig:
     @property
     def machines(self) -> int:
         return self.num_machines if self.num_machines is not None else self.cluster().num_machines
+
+    @property
+    def rank(self) -> int:
+        """This machine's rank: `machine_rank`, else the config file's."""
+        return self.machine_rank if self.machine_rank is not None else self.cluster().machine_rank
+
+    def log_name(self) -> str:
+        """launch.log on machine 0, launch-nodeH.log on machine H (one writer per file)."""
+        return LOG if self.rank == 0 else f"launch-node{self.rank}.log"
 
     def command(self, config: TrainConfig) -> list[str]:
         """The `accelerate launch` command line that trains `config`."""
@@ -249,7 +270,8 @@ def run(config: TrainConfig, launch: LaunchConfig) -> Path:
         return out / MODEL_DIR
     argv = launch.command(config)
     out.mkdir(parents=True, exist_ok=True)
-    log, pid_file = out / LOG, out / "launch.pid"
+    log = out / launch.log_name()
+    pid_file = log.with_suffix(".pid")
     stop_stale(pid_file)  # a training left running by an earlier run whose watcher died too
     console.print(f"train: {shlex.join(argv)} (log: {log})", soft_wrap=True)
     watched = [sys.executable, "-m", "rise_llm.parent_watch", str(os.getpid()), *argv]
@@ -276,6 +298,10 @@ def run(config: TrainConfig, launch: LaunchConfig) -> Path:
         raise RiseError(
             f"train: accelerate launch exited with status {status}; see {log}: {last_error(log)}"
         )
+    wait = RECORD_WAIT if launch.rank > 0 else 0.0  # machine 0's main process writes it
+    deadline = time.monotonic() + wait
+    while not (out / TRAIN_RECORD).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
     if not (out / TRAIN_RECORD).exists():
         raise RiseError(
             f"train: accelerate launch ended without writing {out / TRAIN_RECORD}; see {log}"

@@ -25,6 +25,13 @@ the server is stopped before training, so it never holds the GPU the trainer nee
 With a `train.launch` section, each training runs as `accelerate launch ... -m rise_llm train
 ...` in a child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
 
+On several machines (`train.launch.num_machines` N > 1) every machine runs the same `rise run`
+with its own `train.launch.machine_rank` h, and OUT on a file system all of them mount. Machine
+0 runs the whole run as above, its part of each training included. Machine h > 0 only joins the
+trainings (`join`): for each iteration k it waits for machine 0's OUT/iterK/data, launches its
+part of training k, and waits for the trained model's train.json. It writes only its own
+OUT/iterK/train/launch-nodeH.log, never what machine 0 writes, and its rerun resumes the same way.
+
 Every stage skips work it already finished, so rerunning the same command after a crash or a
 kill resumes where it stopped.
 """
@@ -36,6 +43,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,15 +314,31 @@ def _evaluate(config: RunConfig, iteration: int, engine: Engine | None = None) -
     return evaluate.run(config.evaluate_config(iteration), engine).metrics
 
 
-def run(config: RunConfig) -> RunResult:
-    """Run (or resume) all iterations and write the summary, table and plot."""
-    root = config.root
-    check_out(root, "run")
+def run_settings(config: RunConfig) -> dict[str, Any]:
+    """What config.json records and a resumed run must match."""
     settings = dataclasses.asdict(config)
     settings.pop("out")
     settings.pop("report_to")  # where results go, not what they are
+    return settings
+
+
+def _check_settings(config: RunConfig) -> None:
+    """Refuse a run folder that holds a run with other settings (the address may change)."""
     free = (*RESUME_FREE, *(f"train.launch.{name}" for name in launch.ADDRESS))
-    check_settings(root, settings, "a run", may_grow=("iterations",), free=free)
+    check_settings(config.root, run_settings(config), "a run", may_grow=("iterations",), free=free)
+
+
+def run(config: RunConfig) -> RunResult:
+    """Run (or resume) all iterations and write the summary, table and plot; on machine h > 0
+    of a several-machine `train.launch`, only join each iteration's training (`join`)."""
+    root = config.root
+    check_out(root, "run")
+    launched = config.launch_config()
+    if launched is not None and launched.rank > 0:
+        join(config, launched)
+        return RunResult(metrics={}, summary={})
+    settings = run_settings(config)
+    _check_settings(config)
     stages = config.server_config().stages
     metrics = {}
     for m in range(config.iterations + 1):  # model m: evaluate it, collect iteration m+1 with it
@@ -332,13 +356,43 @@ def run(config: RunConfig) -> RunResult:
         console.rule(f"[bold]iteration {k}: build data")
         data.build(config.data_config(k))
         console.rule(f"[bold]iteration {k}: train")
-        launched = config.launch_config()
         if launched is None:
             train.run(config.train_config(k))
         else:
             launch.run(config.train_config(k), launched)
     summary = write_summary(config, metrics)
     return RunResult(metrics=metrics, summary=summary)
+
+
+POLL = 2.0
+"""Seconds between two looks of machine h > 0 for the data machine 0 builds."""
+
+
+def join(config: RunConfig, launched: launch.LaunchConfig) -> None:
+    """Machine h > 0 of a several-machine run: its part of every iteration's training.
+
+    Iteration k's training starts once machine 0 has built its data (OUT/iterK/data with
+    data.jsonl), however long collection takes; a finished training (its train.json) is skipped
+    without launching, as on machine 0. The run's config.json, once machine 0 has written it,
+    must match this machine's config (its address fields aside), so both train the same thing.
+    Nothing but OUT/iterK/train/launch-nodeH.log is written here; the evaluations, the summary
+    and the report are machine 0's.
+    """
+    where = f"machine {launched.rank} of {launched.machines}"
+    for k in range(1, config.iterations + 1):
+        console.rule(f"[bold]iteration {k}: train ({where})")
+        wanted = config.data_config(k)
+        waiting = False
+        while not data.built(wanted):
+            _check_settings(config)  # a machine given another config fails before it waits
+            if not waiting:
+                message = f"{where}: waiting for machine 0 to build {wanted.out}"
+                console.print(message, soft_wrap=True)
+                waiting = True
+            time.sleep(POLL)
+        _check_settings(config)
+        launch.run(config.train_config(k), launched)
+    console.print(f"{where}: all {config.iterations} trainings done; machine 0 evaluates them")
 
 
 def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
