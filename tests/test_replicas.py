@@ -6,8 +6,10 @@ collection (real `rise serve` processes on 127.0.0.1 with the tiny toy model), a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,3 +296,100 @@ def _empty_within(groups: list[int], seconds: float) -> bool:
     while live() and time.monotonic() < deadline:
         time.sleep(0.05)
     return not live()
+
+
+def _split_run_config(tiny_model_dir, out: Path) -> Path:
+    config = out.parent / "split.yaml"
+    config.write_text(
+        f"""# a run whose collection is one shard per rise serve replica, merged
+base_model: {tiny_model_dir}
+out: {out}
+iterations: 1
+device: cpu
+collect: {{limit: 8, turns: 2, samples: 2, max_new_tokens: 16}}
+train: {{lr: 1.0e-3, max_steps: 1, batch_size: 4, save_steps: 1}}
+evaluate: {{limit: 2, turns: 2, max_new_tokens: 8}}
+server:
+  command: {SERVE}
+  replicas: 2
+  split_collection: true
+  startup_timeout: 300
+  engine_options: {{max_concurrency: 4, timeout: 120}}
+"""
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def split_run(tiny_model_dir, tmp_path_factory):
+    """A quick `rise run` with `server.split_collection` over two float64 replicas: (config
+    file, run folder, its stderr)."""
+    out = tmp_path_factory.mktemp("split") / "run"
+    config = _split_run_config(tiny_model_dir, out)
+    start = time.monotonic()
+    done = subprocess.run([RISE, "run", str(config)], capture_output=True, text=True, timeout=600)
+    print(f"\nrise run, split collection: {time.monotonic() - start:.1f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return config, out, done.stderr
+
+
+def _lines(err: str) -> str:
+    """Console output with rich's line wrapping undone (lines are joined by spaces)."""
+    return " ".join(err.split())
+
+
+@pytest.mark.slow
+def test_rise_run_splits_its_collection_over_the_replicas(split_run):
+    """`server.split_collection`: iteration 1 collects as two shards, shard I from replica I
+    alone, at once, and the run itself merges them into iter1/collect (`rise merge`)."""
+    from rise_llm.records import CollectedEpisode, read_jsonl
+    from rise_llm.tasks.arith import ArithTask
+
+    _, out, err = split_run
+    err = _lines(err)
+    merged = read_jsonl(out / "iter1/collect/episodes.jsonl", CollectedEpisode)
+    order = [p.id for p in ArithTask().problems("train", 8)]
+    assert [ep.problem_id for ep in merged] == order  # every problem once, in order
+    for i in (0, 1):  # shard i holds problems i, i+2, ... and came from replica i+1 alone
+        shard = read_jsonl(out / f"iter1/collect-shards/{i}/episodes.jsonl", CollectedEpisode)
+        assert [ep.problem_id for ep in shard] == order[i::2]
+        assert f"collect (shard {i}/2): 4/4 problems" in err
+        sent = err.split(f"server {i + 1}/2: stopped; ")[1].split()[0]
+        assert int(sent) > 0  # its requests sent
+    assert "merge: 8 problems from 2 shards" in err
+    assert not list((out / "base").glob("server-*.pid"))  # both stopped
+    assert json.loads((out / "summary.json").read_text()).keys() == {"base", "iter1"}
+
+
+@pytest.mark.slow
+def test_a_split_collection_resumes_and_equals_the_unsplit_one(split_run, tmp_path, capsys):
+    """A finished merge is skipped; a shard cut short resumes and the merge is made again, the
+    same. The merged collection equals the unsharded collection of the same problems and seeds
+    through both replicas (the run's collection without split_collection): every request's seed
+    is its problem's and turn's (`seeds.request_seed`), whichever replica answers; float64
+    servers, see SERVE."""
+    from rise_llm import pipeline
+    from rise_llm.records import CollectedEpisode, read_jsonl
+
+    config_file, out, _ = split_run
+    config = pipeline.load_run_config(config_file)
+    merged_path = out / "iter1/collect/episodes.jsonl"
+    merged = read_jsonl(merged_path, CollectedEpisode)
+
+    pipeline._collect(config, 1, served=None)  # finished: nothing collected, no server needed
+    assert "already holds the merged shards" in _lines(capsys.readouterr().err)
+
+    cut = out / "iter1/collect-shards/1/episodes.jsonl"  # killed after its first episode
+    cut.write_text(cut.read_text().splitlines(keepends=True)[0])
+    shutil.rmtree(out / "iter1/collect")
+    whole = dataclasses.replace(config.collect_config(1), out=str(tmp_path / "whole"))
+    start = time.monotonic()
+    with config.served(0) as served:
+        pipeline._collect(config, 1, served)
+        err = _lines(capsys.readouterr().err)
+        unsplit = collect.run(whole, learner=served)
+    print(f"\nresumed shard, merge, unsplit collection: {time.monotonic() - start:.1f} s")
+    assert "collect (shard 1/2): resuming, 1 of 4 problems already done" in err
+    assert "collect (shard 0/2)" not in err  # finished: not run again
+    assert read_jsonl(merged_path, CollectedEpisode) == merged
+    assert unsplit == merged

@@ -367,11 +367,11 @@ def _collect(config: RunConfig, k: int, served: Engine | None) -> None:
     if not config.server_config().split_collection:
         collect.run(config.collect_config(k), served)
         return
-    assert isinstance(served, ServedReplicas)
     out = Path(config.collect_config(k).out)
     if (out / merge.MERGE_RECORD).exists():  # written last: the merge finished
-        console.print(f"collect: {out} already holds the merged shards")
+        console.print(f"collect: {out} already holds the merged shards", soft_wrap=True)
         return
+    assert isinstance(served, ServedReplicas)
     shards = config.shard_configs(k)
     left = [shard for shard in shards if collect.pending(shard)]
     if left:
