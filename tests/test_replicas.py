@@ -103,9 +103,22 @@ def test_replica_devices_and_settings():
         ({"replicas": 0}, "replicas must be at least 1"),
         ({"replicas": 2, "replica_devices": ["0"]}, "1 entries for 2 replicas"),
         ({"devices_per_replica": 1, "replica_devices": ["0"]}, "not both"),
+        ({"command": SERVE, "split_collection": True}, "needs a command, replicas >= 2"),
+        ({"replicas": 2, "split_collection": True}, "needs a command"),
+        (
+            {"command": SERVE, "replicas": 2, "stages": ["evaluate"], "split_collection": True},
+            "collect in server.stages",
+        ),
     ]:
         with pytest.raises(RiseError, match=message):
             build(ServerConfig, settings, "server")
+    split = {"command": SERVE, "replicas": 2, "split_collection": True}
+    assert build(ServerConfig, split, "server").split_collection
+    from rise_llm.pipeline import RunConfig
+
+    with pytest.raises(RiseError, match="give an openai: teacher"):  # one per shard thread
+        RunConfig(base_model="m", out="o", collect={"teacher": "big"}, server=split)
+    RunConfig(base_model="m", out="o", collect={"teacher": "openai:big@http://h/v1"}, server=split)
 
 
 def _collect(spec: str, out: Path, learner=None) -> list:
