@@ -406,3 +406,24 @@ def test_a_split_collection_resumes_and_equals_the_unsplit_one(split_run, tmp_pa
     assert "collect (shard 0/2)" not in err  # finished: not run again
     assert read_jsonl(merged_path, CollectedEpisode) == merged
     assert unsplit == merged
+
+
+def test_shards_run_at_once_and_a_failure_names_its_shard_after_all_ended():
+    from rise_llm.pipeline import _at_once
+    from rise_llm.progress import progress_bar
+
+    finished, hidden = [], []
+
+    def shard(name: str, fail: bool):
+        def job() -> None:
+            hidden.append(progress_bar().disable)  # no live display per thread
+            if fail:
+                raise RiseError("all 1 replicas of model 'm' failed")
+            finished.append(name)
+
+        return job
+
+    with pytest.raises(RiseError, match=r"^collect shard 0/2: all 1 replicas .* rerun to resume"):
+        _at_once({"0/2": shard("0/2", True), "1/2": shard("1/2", False)})
+    assert finished == ["1/2"] and hidden == [True, True]  # the other shard finished
+    assert not progress_bar().disable  # the main thread keeps its bars
