@@ -1,7 +1,8 @@
 """Several replicas of one model behind the openai engine (`openai:MODEL@URL1,URL2`) and a run's
 `server: {replicas: N}`: the least-outstanding choice, a replica killed in the middle of a
-collection (real `rise serve` processes on 127.0.0.1 with the tiny toy model), and a quick
-`rise run` that starts two servers, samples from both and stops both.
+collection (real `rise serve` processes on 127.0.0.1 with the tiny toy model), a quick
+`rise run` that starts two servers, samples from both and stops both, and one that splits its
+collection into a shard per replica (`server.split_collection`) and merges them itself.
 """
 
 from __future__ import annotations
