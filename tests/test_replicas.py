@@ -1,13 +1,16 @@
 """Several replicas of one model behind the openai engine (`openai:MODEL@URL1,URL2`) and a run's
 `server: {replicas: N}`: the least-outstanding choice, a replica killed in the middle of a
-collection (real `rise serve` processes on 127.0.0.1 with the tiny toy model), and a quick
-`rise run` that starts two servers, samples from both and stops both.
+collection (real `rise serve` processes on 127.0.0.1 with the tiny toy model), a quick
+`rise run` that starts two servers, samples from both and stops both, and one that splits its
+collection into a shard per replica (`server.split_collection`) and merges them itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,9 +104,22 @@ def test_replica_devices_and_settings():
         ({"replicas": 0}, "replicas must be at least 1"),
         ({"replicas": 2, "replica_devices": ["0"]}, "1 entries for 2 replicas"),
         ({"devices_per_replica": 1, "replica_devices": ["0"]}, "not both"),
+        ({"command": SERVE, "split_collection": True}, "needs a command, replicas >= 2"),
+        ({"replicas": 2, "split_collection": True}, "needs a command"),
+        (
+            {"command": SERVE, "replicas": 2, "stages": ["evaluate"], "split_collection": True},
+            "collect in server.stages",
+        ),
     ]:
         with pytest.raises(RiseError, match=message):
             build(ServerConfig, settings, "server")
+    split = {"command": SERVE, "replicas": 2, "split_collection": True}
+    assert build(ServerConfig, split, "server").split_collection
+    from rise_llm.pipeline import RunConfig
+
+    with pytest.raises(RiseError, match="give an openai: teacher"):  # one per shard thread
+        RunConfig(base_model="m", out="o", collect={"teacher": "big"}, server=split)
+    RunConfig(base_model="m", out="o", collect={"teacher": "openai:big@http://h/v1"}, server=split)
 
 
 def _collect(spec: str, out: Path, learner=None) -> list:
@@ -294,3 +310,121 @@ def _empty_within(groups: list[int], seconds: float) -> bool:
     while live() and time.monotonic() < deadline:
         time.sleep(0.05)
     return not live()
+
+
+def _split_run_config(tiny_model_dir, out: Path) -> Path:
+    config = out.parent / "split.yaml"
+    config.write_text(
+        f"""# a run whose collection is one shard per rise serve replica, merged
+base_model: {tiny_model_dir}
+out: {out}
+iterations: 1
+device: cpu
+collect: {{limit: 8, turns: 2, samples: 2, max_new_tokens: 16}}
+train: {{lr: 1.0e-3, max_steps: 1, batch_size: 4, save_steps: 1}}
+evaluate: {{limit: 2, turns: 2, max_new_tokens: 8}}
+server:
+  command: {SERVE}
+  replicas: 2
+  split_collection: true
+  startup_timeout: 300
+  engine_options: {{max_concurrency: 4, timeout: 120}}
+"""
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def split_run(tiny_model_dir, tmp_path_factory):
+    """A quick `rise run` with `server.split_collection` over two float64 replicas: (config
+    file, run folder, its stderr)."""
+    out = tmp_path_factory.mktemp("split") / "run"
+    config = _split_run_config(tiny_model_dir, out)
+    start = time.monotonic()
+    done = subprocess.run([RISE, "run", str(config)], capture_output=True, text=True, timeout=600)
+    print(f"\nrise run, split collection: {time.monotonic() - start:.1f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return config, out, done.stderr
+
+
+def _lines(err: str) -> str:
+    """Console output with rich's line wrapping undone (lines are joined by spaces)."""
+    return " ".join(err.split())
+
+
+@pytest.mark.slow
+def test_rise_run_splits_its_collection_over_the_replicas(split_run):
+    """`server.split_collection`: iteration 1 collects as two shards, shard I from replica I
+    alone, at once, and the run itself merges them into iter1/collect (`rise merge`)."""
+    from rise_llm.records import CollectedEpisode, read_jsonl
+    from rise_llm.tasks.arith import ArithTask
+
+    _, out, err = split_run
+    err = _lines(err)
+    merged = read_jsonl(out / "iter1/collect/episodes.jsonl", CollectedEpisode)
+    order = [p.id for p in ArithTask().problems("train", 8)]
+    assert [ep.problem_id for ep in merged] == order  # every problem once, in order
+    for i in (0, 1):  # shard i holds problems i, i+2, ... and came from replica i+1 alone
+        shard = read_jsonl(out / f"iter1/collect-shards/{i}/episodes.jsonl", CollectedEpisode)
+        assert [ep.problem_id for ep in shard] == order[i::2]
+        assert f"collect (shard {i}/2): 4/4 problems" in err
+        sent = err.split(f"server {i + 1}/2: stopped; ")[1].split()[0]
+        assert int(sent) > 0  # its requests sent
+    assert "merge: 8 problems from 2 shards" in err
+    assert not list((out / "base").glob("server-*.pid"))  # both stopped
+    assert json.loads((out / "summary.json").read_text()).keys() == {"base", "iter1"}
+
+
+@pytest.mark.slow
+def test_a_split_collection_resumes_and_equals_the_unsplit_one(split_run, tmp_path, capsys):
+    """A finished merge is skipped; a shard cut short resumes and the merge is made again, the
+    same. The merged collection equals the unsharded collection of the same problems and seeds
+    through both replicas (the run's collection without split_collection): every request's seed
+    is its problem's and turn's (`seeds.request_seed`), whichever replica answers; float64
+    servers, see SERVE."""
+    from rise_llm import pipeline
+    from rise_llm.records import CollectedEpisode, read_jsonl
+
+    config_file, out, _ = split_run
+    config = pipeline.load_run_config(config_file)
+    merged_path = out / "iter1/collect/episodes.jsonl"
+    merged = read_jsonl(merged_path, CollectedEpisode)
+
+    pipeline._collect(config, 1, served=None)  # finished: nothing collected, no server needed
+    assert "already holds the merged shards" in _lines(capsys.readouterr().err)
+
+    cut = out / "iter1/collect-shards/1/episodes.jsonl"  # killed after its first episode
+    cut.write_text(cut.read_text().splitlines(keepends=True)[0])
+    shutil.rmtree(out / "iter1/collect")
+    whole = dataclasses.replace(config.collect_config(1), out=str(tmp_path / "whole"))
+    start = time.monotonic()
+    with config.served(0) as served:
+        pipeline._collect(config, 1, served)
+        err = _lines(capsys.readouterr().err)
+        unsplit = collect.run(whole, learner=served)
+    print(f"\nresumed shard, merge, unsplit collection: {time.monotonic() - start:.1f} s")
+    assert "collect (shard 1/2): resuming, 1 of 4 problems already done" in err
+    assert "collect (shard 0/2)" not in err  # finished: not run again
+    assert read_jsonl(merged_path, CollectedEpisode) == merged
+    assert unsplit == merged
+
+
+def test_shards_run_at_once_and_a_failure_names_its_shard_after_all_ended():
+    from rise_llm.pipeline import _at_once
+    from rise_llm.progress import progress_bar
+
+    finished, hidden = [], []
+
+    def shard(name: str, fail: bool):
+        def job() -> None:
+            hidden.append(progress_bar().disable)  # no live display per thread
+            if fail:
+                raise RiseError("all 1 replicas of model 'm' failed")
+            finished.append(name)
+
+        return job
+
+    with pytest.raises(RiseError, match=r"^collect shard 0/2: all 1 replicas .* rerun to resume"):
+        _at_once({"0/2": shard("0/2", True), "1/2": shard("1/2", False)})
+    assert finished == ["1/2"] and hidden == [True, True]  # the other shard finished
+    assert not progress_bar().disable  # the main thread keeps its bars

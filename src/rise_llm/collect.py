@@ -305,12 +305,11 @@ def _settings(config: CollectConfig) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in ("out", "chunk_size")}
 
 
-def run(
-    config: CollectConfig, learner: Engine | None = None, teacher: Engine | None = None
-) -> list[CollectedEpisode]:
-    """Collect (or finish collecting) episodes into `config.out`; returns all of them."""
-    out = Path(config.out)
-    check_out(out, "collect")
+def _plan(
+    config: CollectConfig,
+) -> tuple[Task, list[Problem], list[CollectedEpisode], list[Problem]]:
+    """(task, this shard's problems, the episodes already collected, the problems left)."""
+    check_out(config.out, "collect")
     task = get_task(config.task, **config.task_options)
     problems = task.problems(config.split, config.limit)
     mine = shard_problems(problems, config.shard)
@@ -319,14 +318,29 @@ def run(
             f"collect: shard {config.shard} has no problems, the split has only "
             f"{len(problems)}; use at most {len(problems)} shards"
         )
-    settings = _settings(config)
-    check_settings(out, settings, "a collection", defaults=CollectConfig, free=RESUME_FREE)
-    path = out / EPISODES
-    done = read_jsonl_for_resume(path, CollectedEpisode)
+    out = Path(config.out)
+    check_settings(out, _settings(config), "a collection", defaults=CollectConfig, free=RESUME_FREE)
+    done = read_jsonl_for_resume(out / EPISODES, CollectedEpisode)
     have = {ep.problem_id for ep in done}
-    todo = [p for p in mine if p.id not in have]
+    return task, mine, done, [p for p in mine if p.id not in have]
+
+
+def pending(config: CollectConfig) -> int:
+    """How many problems `run(config)` has left to collect (0: it would sample nothing)."""
+    return len(_plan(config)[3])
+
+
+def run(
+    config: CollectConfig, learner: Engine | None = None, teacher: Engine | None = None
+) -> list[CollectedEpisode]:
+    """Collect (or finish collecting) episodes into `config.out`; returns all of them."""
+    out = Path(config.out)
+    task, mine, done, todo = _plan(config)
+    settings = _settings(config)
+    path = out / EPISODES
+    name = "collect" if config.shard == WHOLE else f"collect (shard {config.shard})"
     if not todo:
-        console.print(f"collect: all {len(mine)} problems already in {path}")
+        console.print(f"{name}: all {len(mine)} problems already in {path}")
         return done
     check_ready(task)  # a code task without its sandbox stops before the model loads
     learner = learner or stage_engine(config)
@@ -339,7 +353,7 @@ def run(
         seed=config.seed,
     )
     if done:
-        console.print(f"collect: resuming, {len(done)} of {len(mine)} problems already done")
+        console.print(f"{name}: resuming, {len(done)} of {len(mine)} problems already done")
     start = time.perf_counter()
     for c in range(0, len(todo), config.chunk_size):
         chunk = todo[c : c + config.chunk_size]
@@ -351,7 +365,7 @@ def run(
         write_jsonl(path, new, append=True)
         done.extend(new)
         console.print(
-            f"collect: {len(done)}/{len(mine)} problems "
+            f"{name}: {len(done)}/{len(mine)} problems "
             f"({(c + len(chunk)) / (time.perf_counter() - start):.1f} problems/s)"
         )
     print_collection_summary(done)

@@ -7,6 +7,7 @@ One run folder holds everything:
     OUT/config.json          resolved config and library versions
     OUT/base/eval/           the base model's evaluation
     OUT/iterK/collect/       episodes.jsonl with every sample
+    OUT/iterK/collect-shards/I/  shard I's collection, with `server.split_collection`
     OUT/iterK/data/          data.jsonl (weighted examples)
     OUT/iterK/train/model/   the trained model (a standard HF folder)
     OUT/iterK/train/launch.log  `accelerate launch`'s output, with `train.launch`
@@ -21,7 +22,9 @@ One run folder holds everything:
 With a `server:` section, each checkpoint is served by its own server process (vLLM, SGLang,
 `rise serve`) while the stages in `server.stages` sample from it through the openai engine;
 the server is stopped before training, so it never holds the GPU the trainer needs. With
-`server.replicas: N` each checkpoint gets N servers, sampled through one engine over all of them.
+`server.replicas: N` each checkpoint gets N servers, sampled through one engine over all of them;
+with `server.split_collection` as well, the collection runs as N shards (`rise collect --shard
+I/N`), shard I from replica I, at once in threads, and `rise merge` joins them into iterK/collect.
 With a `train.launch` section, each training runs as `accelerate launch ... -m rise_llm train
 ...` in a child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
 
@@ -43,19 +46,21 @@ import dataclasses
 import json
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rise_llm import collect, data, evaluate, launch, report_html, train
+from rise_llm import collect, data, evaluate, launch, merge, report_html, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
 from rise_llm.engines.served import ServedModel, ServedReplicas, ServerConfig, devices_of_replicas
 from rise_llm.errors import RiseError, check_at_least, check_device
 from rise_llm.metrics import Metrics
-from rise_llm.progress import console
+from rise_llm.progress import console, without_bars
 from rise_llm.provenance import check_out, check_settings, write_run_record
 from rise_llm.records import Episode, read_jsonl
 from rise_llm.report import claims_table, plot_accuracy_by_turn, print_metrics, stdout
@@ -114,8 +119,8 @@ class RunConfig:
             model of the run.
         server: serve each checkpoint with a server command and sample through it
             (`engines.served.ServerConfig`: command, stages, startup_timeout,
-            engine_options, replicas, devices_per_replica, replica_devices); none samples
-            in-process.
+            engine_options, replicas, devices_per_replica, replica_devices,
+            split_collection); none samples in-process.
         report_to: trackers that get every model's metrics and each iteration's claims
             (`trackers.py`): ["tensorboard"] (to OUT/tensorboard), ["wandb"], or ["none"].
     """
@@ -164,7 +169,14 @@ class RunConfig:
         if self.launch_config() is not None:  # its `rise train` flags read back the same
             launch.train_flags(self.train_config(1))
         self.evaluate_config(0)
-        self.server_config()
+        server = self.server_config()
+        teacher = self.collect_config(1).teacher
+        if server.split_collection and teacher and not teacher.startswith("openai:"):
+            raise RiseError(
+                f"run: server.split_collection collects every shard at once, each with its own "
+                f"teacher; give an openai: teacher (one server for all), not {teacher!r}, or "
+                "remove split_collection"
+            )
 
     @property
     def root(self) -> Path:
@@ -256,6 +268,14 @@ class RunConfig:
             },
             "evaluate",
         )
+
+    def shard_configs(self, k: int) -> list[collect.CollectConfig]:
+        """Iteration k's collection as one shard per server replica (`split_collection`)."""
+        whole, n = self.collect_config(k), self.server_config().replicas
+        shards = self.folder(k) / "collect-shards"
+        return [
+            dataclasses.replace(whole, shard=f"{i}/{n}", out=str(shards / str(i))) for i in range(n)
+        ]
 
     def server_config(self) -> ServerConfig:
         return build(ServerConfig, self.server or {}, "server")
@@ -352,7 +372,7 @@ def run(config: RunConfig) -> RunResult:
                 break
             k = m + 1
             console.rule(f"[bold]iteration {k}: collect with {config.model_of(m)}")
-            collect.run(config.collect_config(k), served if "collect" in stages else None)
+            _collect(config, k, served if "collect" in stages else None)
         console.rule(f"[bold]iteration {k}: build data")
         data.build(config.data_config(k))
         console.rule(f"[bold]iteration {k}: train")
@@ -393,6 +413,62 @@ def join(config: RunConfig, launched: launch.LaunchConfig) -> None:
         _check_settings(config)
         launch.run(config.train_config(k), launched)
     console.print(f"{where}: all {config.iterations} trainings done; machine 0 evaluates them")
+
+
+def _collect(config: RunConfig, k: int, served: Engine | None) -> None:
+    """Iteration k's collection: one `rise collect` (through all replicas, when served), or with
+    `server.split_collection` one shard per replica, collected at once, then merged."""
+    if not config.server_config().split_collection:
+        collect.run(config.collect_config(k), served)
+        return
+    out = Path(config.collect_config(k).out)
+    if (out / merge.MERGE_RECORD).exists():  # written last: the merge finished
+        console.print(f"collect: {out} already holds the merged shards", soft_wrap=True)
+        return
+    assert isinstance(served, ServedReplicas)
+    shards = config.shard_configs(k)
+    left = [shard for shard in shards if collect.pending(shard)]
+    if left:
+        # started here, in the main thread, where Ctrl-C and SIGTERM stop the servers
+        engines = dict(zip((s.shard for s in shards), served.replica_engines(), strict=True))
+        console.print(
+            f"collect: {len(left)} of {len(shards)} shards to collect, one per replica, at once"
+        )
+        _at_once(
+            {shard.shard: (lambda s=shard: collect.run(s, engines[s.shard])) for shard in left}
+        )
+    episodes = merge.run(merge.MergeConfig(shards=[s.out for s in shards], out=str(out)))
+    collect.print_collection_summary(episodes)
+
+
+def _at_once(jobs: dict[str, Callable[[], object]]) -> None:
+    """Run the jobs (by shard) in threads at once, without progress bars; once all have ended,
+    raise the first failure, naming its shard. The threads are daemons: on Ctrl-C or SIGTERM
+    the main thread leaves at once and stops the servers, and the shards resume on a rerun."""
+    failed: list[tuple[str, BaseException]] = []
+
+    def work(name: str, job: Callable[[], object]) -> None:
+        try:
+            with without_bars():
+                job()
+        except BaseException as e:  # reported by the main thread below
+            failed.append((name, e))
+
+    threads = [
+        threading.Thread(target=work, args=item, name=f"shard {item[0]}", daemon=True)
+        for item in jobs.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        name, error = failed[0]
+        if isinstance(error, RiseError):
+            raise RiseError(
+                f"collect shard {name}: {error} (the other shards are kept; rerun to resume)"
+            ) from None
+        raise error
 
 
 def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,6 +17,19 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def without_bars() -> Iterator[None]:
+    """Hide the progress bars this thread starts, e.g. in the threads that collect the shards of
+    a split collection (`pipeline.py`): several live displays at once would garble the terminal
+    (and rich before 14 refuses them). Their status lines still print."""
+    _thread.hidden = True
+    try:
+        yield
+    finally:
+        _thread.hidden = False
 
 
 def progress_bar() -> Progress:
@@ -28,4 +45,5 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        disable=getattr(_thread, "hidden", False),
     )

@@ -14,12 +14,15 @@ With `replicas: N` (N > 1), `ServedReplicas` starts N such servers of the same c
 once, each on its own port with its own log (`server-1.log`, ...) and, on GPUs, its own devices
 (`CUDA_VISIBLE_DEVICES` from `devices_per_replica` or `replica_devices`), and samples from all
 of them through one openai engine over their URLs: requests go to the least busy replica, and a
-replica that dies hands its requests to the others (`engines/openai.py`).
+replica that dies hands its requests to the others (`engines/openai.py`). With
+`split_collection`, a run's collection is instead one shard per replica, each through an engine
+of its own replica (`ServedReplicas.replica_engines`, `pipeline.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -69,6 +72,10 @@ class ServerConfig:
             CUDA_VISIBLE_DEVICES (counted within this process's CUDA_VISIBLE_DEVICES if set).
         replica_devices: or each replica's CUDA_VISIBLE_DEVICES spelled out, e.g.
             ["0,1", "2,3"]; neither (on CPU) leaves the variable as it is.
+        split_collection: with replicas N > 1, a run collects its problems as N shards
+            (`rise collect --shard I/N`), shard I from replica I alone, in threads at once,
+            into OUT/iterK/collect-shards/I, and joins them with `rise merge` into
+            OUT/iterK/collect: the same episodes as one collection over all replicas.
     """
 
     command: str | None = None
@@ -78,6 +85,7 @@ class ServerConfig:
     replicas: int = 1
     devices_per_replica: int | None = None
     replica_devices: list[str] | None = None
+    split_collection: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.stages) - set(STAGES))
@@ -98,6 +106,13 @@ class ServerConfig:
             raise RiseError(
                 f"server.replica_devices lists {len(self.replica_devices)} entries for "
                 f"{self.replicas} replicas; give one CUDA_VISIBLE_DEVICES value per replica"
+            )
+        if self.split_collection and (
+            self.command is None or self.replicas < 2 or "collect" not in self.stages
+        ):
+            raise RiseError(
+                "server.split_collection splits the collection over the replicas: it needs a "
+                "command, replicas >= 2 and collect in server.stages; remove it or set them"
             )
         if self.command is not None:
             used = {name for _, name, _, _ in string.Formatter().parse(self.command) if name}
@@ -358,6 +373,20 @@ class ServedReplicas:
             self.start()
         assert self.engine is not None
         return self.engine.generate(conversations, n, params, desc, keys)
+
+    def replica_engines(self) -> list[OpenAIEngine]:
+        """One openai engine per replica, each sending only to its own server (the shards of a
+        split collection), started here if they are not running yet; the concurrency of
+        `engine_options` is shared out between them. Each replica reports its own traffic
+        when it stops."""
+        if self.engine is None:
+            self.start()
+        assert self.engine is not None
+        share = max(1, -(-self.options.max_concurrency // len(self.members)))
+        options = dataclasses.replace(self.options, max_concurrency=share)
+        for member, url in zip(self.members, self.engine.base_urls, strict=True):
+            member.engine = OpenAIEngine(self.engine.model, url, options)
+        return [member.engine for member in self.members]
 
     def start(self) -> None:
         """Start every replica at once and wait for all; stop them all on any failure."""
