@@ -37,14 +37,21 @@ SERVE = f"{RISE} serve {{model}} --port {{port}} --device cpu --dtype float64 --
 CLIENT = {"timeout": 60.0, "max_retries": 3, "max_concurrency": 4}
 
 
+def _request():
+    import httpx2  # the HTTP library of this openai client
+
+    return httpx2.Request("POST", "http://x/v1")
+
+
 def _lost() -> openai.APIConnectionError:
-    return openai.APIConnectionError(request=None)  # what a refused or reset connection raises
+    # what a refused or reset connection raises (openai 3.60 reads the request's headers)
+    return openai.APIConnectionError(request=_request())
 
 
 def _error_500() -> openai.InternalServerError:
-    import httpx2  # the HTTP library of this openai client
+    import httpx2
 
-    response = httpx2.Response(500, request=httpx2.Request("POST", "http://x/v1"))
+    response = httpx2.Response(500, request=_request())
     return openai.InternalServerError("boom", response=response, body=None)
 
 
