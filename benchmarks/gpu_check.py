@@ -42,7 +42,6 @@ CUDA start-up and imports (~30 s): 2 minutes at most, far below the 10 allowed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import random

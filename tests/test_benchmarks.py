@@ -293,3 +293,28 @@ def test_sandbox_counts_executions_per_second(tmp_path):
     assert set(record["results"]) == {f"{w}, concurrency {c}" for w in ways for c in (1, 2)}
     for result in record["results"].values():
         assert result["ok"] == result["programs"] == 4 and result["executions_per_s"] > 0
+
+
+def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
+    """The H200 check (issue 18) end to end at its tiny size on the CPU: no GPU needed."""
+    record = run_benchmark("gpu_check.py", tmp_path / "gpu_check.json", "--tiny", "--device", "cpu")
+    assert record["device"] == "cpu" and record["tiny"] and record["bandwidth_gbs"] is None
+    assert set(record["training"]) == {"toy", "toy x10"}
+    small, large = record["training"]["toy"], record["training"]["toy x10"]
+    assert large["parameters"] > small["parameters"]
+    for r in (small, large):
+        # 2 warm-up + 4 timed steps at lr 1e-3 from random weights: the loss (~ln 101) falls
+        assert len(r["losses"]) == 6 and r["finite"] and r["decreased"]
+        assert r["losses"][-1] < r["losses"][0] and r["real_tokens_per_s"] > 0
+        assert r["peak_memory_mib"] is None  # CUDA only
+    attention = record["attention"]
+    # each bf16 path's error against float32 is a few bf16 rounding steps of the logits; the
+    # shared path may be at most twice as far off as sdpa (the script's docstring)
+    assert attention["within_tolerance"]
+    assert attention["max_logit_error_shared_vs_float32"] <= 0.02 * attention["logit_scale"]
+    assert 0.5 <= attention["greedy_tokens_identical"] <= 1
+    assert set(record["generation"]) == {"4", "8"}
+    for b, r in record["generation"].items():
+        assert r["rows"] == int(b) and r["all_ran_to_length"]
+        assert r["generated_tokens"] == int(b) * r["new_tokens"] and r["tokens_per_s"] > 0
+        assert r["share_of_bound"] is None  # no bandwidth given on the CPU
