@@ -32,6 +32,10 @@ parameters), "toy x10" 10 layers of hidden 256 (~8M, 10x).
    that many bytes over `--bandwidth-gbs` (the H200's 4,800 GB/s on CUDA; on the CPU no bound
    unless given) is the fastest a step can go, and the table says what share of it was reached.
 
+Each part's verdict (losses finite and falling, attention within tolerance, every row run to
+length) is printed and recorded under `checks`; a failed one does not stop the script, so the
+other parts' figures are still recorded.
+
 Budget at full size on an H200: well under a minute of GPU work (training 2 x 12 steps of batch
 32; the attention check 8 prompts x 4 samples x 32 tokens; generation 3 x 128 tokens), plus
 CUDA start-up and imports (~30 s): 2 minutes at most, far below the 10 allowed.
@@ -358,10 +362,20 @@ def main() -> None:
             for b, r in generation.items()
         ],
     )
+    checks = {
+        "training losses finite and falling": all(
+            r["finite"] and r["decreased"] for r in training.values()
+        ),
+        "shared-prompt attention within bf16 tolerance": attention["within_tolerance"],
+        "every row generated to length": all(r["all_ran_to_length"] for r in generation.values()),
+    }
+    for name, ok in checks.items():
+        harness.stdout.print(f"{'[green]ok' if ok else '[red]FAILED'}[/]: {name}")
     harness.write_result(
         "gpu_check",
         args,
         {
+            "checks": checks,
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "tiny": args.tiny,

@@ -299,6 +299,7 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     """The H200 check (issue 18) end to end at its tiny size on the CPU: no GPU needed."""
     record = run_benchmark("gpu_check.py", tmp_path / "gpu_check.json", "--tiny", "--device", "cpu")
     assert record["device"] == "cpu" and record["tiny"] and record["bandwidth_gbs"] is None
+    assert len(record["checks"]) == 3 and all(record["checks"].values())
     assert set(record["training"]) == {"toy", "toy x10"}
     small, large = record["training"]["toy"], record["training"]["toy x10"]
     assert large["parameters"] > small["parameters"]
