@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import re
 import sys
 import typing
@@ -164,6 +165,30 @@ def _train(args: argparse.Namespace) -> None:
 
     path = run(config_from_flags(TrainConfig, args, "train"))
     print(f"trained model: {path}")
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """End a process of `accelerate launch` at once after its training succeeded (its model and
+    train.json written), without tearing its gloo process group down. Both ways of tearing it
+    down race gloo's worker threads, which need the GIL to free the last collective's tensors:
+    left to the interpreter's exit, a rank can abort (SIGABRT, "terminate called without an
+    active exception", pytorch/pytorch#190489); destroyed explicitly, the group's destructor
+    can join that thread while holding the GIL, a deadlock (both seen in fresh-clone CI runs).
+    What exit would still do is done first: wandb's run finished, logs and streams flushed."""
+    import logging
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(args: argparse.Namespace) -> None:

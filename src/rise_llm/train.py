@@ -491,15 +491,4 @@ def run(config: TrainConfig) -> Path:
             "log": trainer.state.log_history,
         }
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
-    _end_process_group()
     return out / MODEL_DIR
-
-
-def _end_process_group() -> None:
-    """Under `accelerate launch`, destroy the process group once training has succeeded, before
-    the interpreter ends: gloo's worker threads still alive at exit abort the process (SIGABRT,
-    "terminate called without an active exception", pytorch/pytorch#190489; a 2-process CI run
-    died so after its last step). Not after a failure: a rank that raised would leave the
-    others waiting in the teardown. In one process there is no group and nothing to do."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
