@@ -57,7 +57,7 @@ import torch
 from rise_llm.chat import prompt_ids
 from rise_llm.engines.base import SamplingParams
 from rise_llm.engines.hf import HFEngine
-from rise_llm.engines.kv_cache import attending_shared_prefix, preallocated_cache
+from rise_llm.engines.kv_cache import attending_shared_prefix, cache_kwarg, preallocated_cache
 from rise_llm.records import TrainingExample
 from rise_llm.tasks.arith import ArithTask
 from rise_llm.toy_model import ToyModelConfig, build_model, build_tokenizer, sft_conversation
@@ -178,7 +178,7 @@ def decode_logits(model, prompts, samples: int, tokens: torch.Tensor, share: boo
         input_ids=ids,
         attention_mask=mask,
         position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        past_key_values=cache,
+        **cache_kwarg(model, cache),
         use_cache=True,
     )
     counts = torch.full((len(prompts),), samples, device=device)
@@ -193,7 +193,7 @@ def decode_logits(model, prompts, samples: int, tokens: torch.Tensor, share: boo
                 input_ids=tokens[:, step : step + 1].to(device),
                 attention_mask=mask,
                 position_ids=mask.sum(-1, keepdim=True) - 1,
-                past_key_values=cache,
+                **cache_kwarg(model, cache),
                 use_cache=True,
             )
             logits.append(out.logits[:, -1].float())

@@ -23,6 +23,7 @@ from rise_llm.engines.kv_cache import (
     SHARED_PREFIX,
     Arena,
     attending_shared_prefix,
+    cache_kwarg,
     preallocated_cache,
 )
 from rise_llm.errors import RiseError
@@ -81,7 +82,7 @@ def decode_logits(model, share: bool, steps: int = 4, keep=None, keep_at: int = 
         input_ids=ids,
         attention_mask=mask,
         position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        past_key_values=cache,
+        **cache_kwarg(model, cache),
         use_cache=True,
     )
     mask = mask.repeat_interleave(COUNTS, dim=0)
@@ -100,7 +101,7 @@ def decode_logits(model, share: bool, steps: int = 4, keep=None, keep_at: int = 
                 input_ids=token,
                 attention_mask=mask,
                 position_ids=mask.sum(-1, keepdim=True) - 1,
-                past_key_values=cache,
+                **cache_kwarg(model, cache),
                 use_cache=True,
             )
             logits.append(out.logits[:, -1])
@@ -173,7 +174,7 @@ def prompts_cache(model):
     width = max(map(len, PROMPTS))
     cache = preallocated_cache(model.config, width + 4)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, **cache_kwarg(model, cache), use_cache=True)
     return cache, width
 
 
@@ -270,7 +271,9 @@ def test_keep_rows_drops_finished_rows_and_their_empty_prompts(gqa_model):
         for layer in cache.layers:  # rows 0-2: prompt 0, row 3: prompt 1, rows 4-5: prompt 2
             layer.share_prefix(COUNTS)
         layer = cache.layers[0]
-        gqa_model(input_ids=torch.arange(1, 7).view(6, 1), past_key_values=cache, use_cache=True)
+        gqa_model(
+            input_ids=torch.arange(1, 7).view(6, 1), **cache_kwarg(gqa_model, cache), use_cache=True
+        )
     before_k, before_v = layer.full_states()
     keep = torch.tensor([1, 2, 5])  # prompt 1 has no row left
     layer.keep_rows(keep)
@@ -377,3 +380,18 @@ def test_prefill_in_slices_of_rows_gives_the_same_tokens(exact_engine, monkeypat
     monkeypatch.setattr(batch_sampler, "PREFILL_TOKENS", 40)  # slices of one to three rows
     for n in (1, 3):
         assert texts(cache, n, sampled) == whole[n]
+
+
+def test_the_cache_goes_by_the_keyword_the_model_takes():
+    """transformers 5.25 renamed forward's past_key_values to cache; a model (an older
+    transformers, remote code) whose forward takes the old name still gets it."""
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None): ...
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None): ...
+
+    cache = preallocated_cache(LlamaConfig(num_hidden_layers=1), 4)
+    assert cache_kwarg(Old(), cache) == {"past_key_values": cache}
+    assert cache_kwarg(New(), cache) == {"cache": cache}

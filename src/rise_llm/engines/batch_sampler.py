@@ -24,7 +24,12 @@ from transformers import (
 from transformers.cache_utils import DynamicCache
 
 from rise_llm.engines.base import Completion, SamplingParams
-from rise_llm.engines.kv_cache import Arena, attending_shared_prefix, preallocated_cache
+from rise_llm.engines.kv_cache import (
+    Arena,
+    attending_shared_prefix,
+    cache_kwarg,
+    preallocated_cache,
+)
 from rise_llm.engines.row_streams import row_stream_processors, stream_uniforms
 from rise_llm.errors import RiseError
 from rise_llm.seeds import stream_seed
@@ -164,7 +169,7 @@ class BatchSampler:
                     input_ids=input_ids,
                     attention_mask=mask,
                     generation_config=config,
-                    past_key_values=cache,
+                    **cache_kwarg(self.model, cache),
                     logits_processor=self._processors(params, uniforms, range(len(prompts)), 0),
                     tokenizer=self.tokenizer if params.stop else None,
                 )
@@ -192,7 +197,7 @@ class BatchSampler:
                 input_ids=input_ids,
                 attention_mask=mask,
                 generation_config=round_config,
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 logits_processor=self._processors(
                     params, uniforms, rows, config.max_new_tokens - left
                 ),
@@ -252,7 +257,7 @@ class BatchSampler:
                 input_ids=ids[rows],
                 attention_mask=keep[rows],
                 position_ids=positions[rows],
-                past_key_values=cache,
+                **cache_kwarg(self.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

@@ -15,6 +15,7 @@ cache, so with multi-turn prompts of ~200 tokens and n=16 this reads ~10x less.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,14 @@ _ACTIVE: ContextVar[DynamicCache | None] = ContextVar("rise_shared_prefix_cache"
 # keyword arguments some models pass to attention that the shared path does not implement; a
 # call with any of them set goes to sdpa over the full keys instead
 _UNSUPPORTED = ("softcap", "s_aux", "sliding_window", "position_bias")
+
+
+def cache_kwarg(model: torch.nn.Module, cache: DynamicCache | None) -> dict[str, object]:
+    """`cache` as the keyword argument `model`'s forward and generate take it: transformers 5.25
+    renamed past_key_values to cache (the old name warns, and goes in 5.40); a model whose
+    forward still takes past_key_values (an older transformers, remote code) gets that."""
+    takes = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in takes else "past_key_values": cache}
 
 
 class Arena:
