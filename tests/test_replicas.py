@@ -416,22 +416,61 @@ def test_a_split_collection_resumes_and_equals_the_unsplit_one(split_run, tmp_pa
     assert unsplit == merged
 
 
-def test_shards_run_at_once_and_a_failure_names_its_shard_after_all_ended():
+@pytest.mark.slow
+def test_a_replica_killed_in_a_split_collection_hands_its_shard_to_the_others(
+    split_run, tmp_path, capsys
+):
+    """Replica 2 is SIGKILLed (its process group) once it has answered a request of shard 1.
+    Shard 0 finishes on replica 1; shard 1 fails, then resumes through the replicas that are up
+    (replica 1), and the merge equals the split run's own collection: every problem once, the
+    same samples (each request's seed is its problem's and turn's; float64 servers)."""
+    from rise_llm import pipeline
+    from rise_llm.records import CollectedEpisode, read_jsonl
+
+    config_file, out, _ = split_run
+    merged = read_jsonl(out / "iter1/collect/episodes.jsonl", CollectedEpisode)
+    config = dataclasses.replace(pipeline.load_run_config(config_file), out=str(tmp_path / "run"))
+    with config.served(0) as served:
+        served.start()
+        victim = served.members[1]
+        url = served.engine.base_urls[1]
+
+        def kill_after_an_answer() -> None:
+            while victim.engine is None or victim.engine.stats.answered[url] < 1:
+                time.sleep(0.005)  # polling for the condition, not asserting on time
+            os.killpg(victim.process.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_after_an_answer, daemon=True)
+        killer.start()
+        pipeline._collect(config, 1, served)
+        killer.join(timeout=5)
+        err = _lines(capsys.readouterr().err)
+    assert not killer.is_alive()  # it was killed during the collection
+    assert "collect: shard 1/2 failed (" in err
+    assert "resuming it through the replicas that are up" in err
+    assert "collect: shard 0/2 failed" not in err
+    assert read_jsonl(tmp_path / "run/iter1/collect/episodes.jsonl", CollectedEpisode) == merged
+
+
+def test_shards_run_at_once_and_their_failures_are_named_after_all_ended():
     from rise_llm.pipeline import _at_once
     from rise_llm.progress import progress_bar
 
     finished, hidden = [], []
 
-    def shard(name: str, fail: bool):
+    def shard(name: str, error: BaseException | None):
         def job() -> None:
             hidden.append(progress_bar().disable)  # no live display per thread
-            if fail:
-                raise RiseError("all 1 replicas of model 'm' failed")
+            if error is not None:
+                raise error
             finished.append(name)
 
         return job
 
-    with pytest.raises(RiseError, match=r"^collect shard 0/2: all 1 replicas .* rerun to resume"):
-        _at_once({"0/2": shard("0/2", True), "1/2": shard("1/2", False)})
+    lost = RiseError("all 1 replicas of model 'm' failed")
+    failed = _at_once({"0/2": shard("0/2", lost), "1/2": shard("1/2", None)})
+    assert failed == {"0/2": lost}
     assert finished == ["1/2"] and hidden == [True, True]  # the other shard finished
     assert not progress_bar().disable  # the main thread keeps its bars
+    with pytest.raises(ZeroDivisionError):  # not a RiseError: a bug, raised as it is
+        _at_once({"0/2": shard("0/2", ZeroDivisionError()), "1/2": shard("1/2", lost)})

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rise_llm import collect, data, evaluate, launch, merge, report_html, train
 from rise_llm.claims import rise_claims
@@ -434,25 +434,40 @@ def _collect(config: RunConfig, k: int, served: Engine | None) -> None:
         console.print(
             f"collect: {len(left)} of {len(shards)} shards to collect, one per replica, at once"
         )
-        _at_once(
+        failed = _at_once(
             {shard.shard: (lambda s=shard: collect.run(s, engines[s.shard])) for shard in left}
         )
+        for shard in (s for s in left if s.shard in failed):
+            # its replica died, most likely: it resumes through all of them (the dead one is
+            # found down at its first request), the samples those of its own replica
+            console.print(
+                f"collect: shard {shard.shard} failed ({_one_line(failed[shard.shard])}); "
+                "resuming it through the replicas that are up",
+                soft_wrap=True,
+            )
+            try:
+                collect.run(shard, served)
+            except RiseError as e:
+                raise RiseError(
+                    f"collect shard {shard.shard}: {e} (the other shards are kept; rerun to resume)"
+                ) from None
     episodes = merge.run(merge.MergeConfig(shards=[s.out for s in shards], out=str(out)))
     collect.print_collection_summary(episodes)
 
 
-def _at_once(jobs: dict[str, Callable[[], object]]) -> None:
+def _at_once(jobs: dict[str, Callable[[], object]]) -> dict[str, RiseError]:
     """Run the jobs (by shard) in threads at once, without progress bars; once all have ended,
-    raise the first failure, naming its shard. The threads are daemons: on Ctrl-C or SIGTERM
-    the main thread leaves at once and stops the servers, and the shards resume on a rerun."""
-    failed: list[tuple[str, BaseException]] = []
+    return the RiseError of each that failed by one (a lost server, say), by shard, or raise the
+    first other failure. The threads are daemons: on Ctrl-C or SIGTERM the main thread leaves
+    at once and stops the servers, and the shards resume on a rerun."""
+    failed: dict[str, BaseException] = {}
 
     def work(name: str, job: Callable[[], object]) -> None:
         try:
             with without_bars():
                 job()
         except BaseException as e:  # reported by the main thread below
-            failed.append((name, e))
+            failed[name] = e
 
     threads = [
         threading.Thread(target=work, args=item, name=f"shard {item[0]}", daemon=True)
@@ -462,13 +477,14 @@ def _at_once(jobs: dict[str, Callable[[], object]]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    if failed:
-        name, error = failed[0]
-        if isinstance(error, RiseError):
-            raise RiseError(
-                f"collect shard {name}: {error} (the other shards are kept; rerun to resume)"
-            ) from None
-        raise error
+    for error in failed.values():
+        if not isinstance(error, RiseError):
+            raise error
+    return cast(dict[str, RiseError], failed)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def share_base_evaluation(source: RunConfig, target: RunConfig) -> None:
