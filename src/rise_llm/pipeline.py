@@ -24,7 +24,8 @@ With a `server:` section, each checkpoint is served by its own server process (v
 the server is stopped before training, so it never holds the GPU the trainer needs. With
 `server.replicas: N` each checkpoint gets N servers, sampled through one engine over all of them;
 with `server.split_collection` as well, the collection runs as N shards (`rise collect --shard
-I/N`), shard I from replica I, at once in threads, and `rise merge` joins them into iterK/collect.
+I/N`), shard I from replica I, at once in threads, and `rise merge` joins them into iterK/collect;
+a shard whose replica dies resumes through the replicas still up.
 With a `train.launch` section, each training runs as `accelerate launch ... -m rise_llm train
 ...` in a child process group (`launch.py`): several GPUs, FSDP or DeepSpeed, several machines.
 

@@ -75,7 +75,8 @@ class ServerConfig:
         split_collection: with replicas N > 1, a run collects its problems as N shards
             (`rise collect --shard I/N`), shard I from replica I alone, in threads at once,
             into OUT/iterK/collect-shards/I, and joins them with `rise merge` into
-            OUT/iterK/collect: the same episodes as one collection over all replicas.
+            OUT/iterK/collect: the same episodes as one collection over all replicas. A
+            shard whose replica dies resumes through the replicas still up.
     """
 
     command: str | None = None
