@@ -273,6 +273,10 @@ CASES = [
     (["toy-model", "--eval-problems", "0"], "toy-model: eval_problems must be at least 1, got 0"),
     (["toy-model", "--warmup", "-1"], "toy-model: warmup must be 0 or more steps"),
     (
+        ["toy-model", "--tokenizer", "words"],
+        "toy-model: tokenizer must be one of characters, phrases, got 'words'",
+    ),
+    (
         ["toy-model", "--conversation-weights", "0", "0"],
         "conversation_weights must be non-negative, not empty and not all 0",
     ),

@@ -69,14 +69,18 @@ def bpe_chatml_tokenizer(template: str = CHATML) -> PreTrainedTokenizerFast:
     return tok
 
 
+def phrase_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer("phrases")
+
+
 def bpe_smollm2_tokenizer() -> PreTrainedTokenizerFast:
     return bpe_chatml_tokenizer(SMOLLM2)
 
 
 TOKENIZERS = pytest.mark.parametrize(
     "make",
-    [build_tokenizer, bpe_chatml_tokenizer, bpe_smollm2_tokenizer],
-    ids=["toy", "bpe-chatml", "bpe-smollm2"],
+    [build_tokenizer, phrase_tokenizer, bpe_chatml_tokenizer, bpe_smollm2_tokenizer],
+    ids=["toy", "toy-phrases", "bpe-chatml", "bpe-smollm2"],
 )
 
 

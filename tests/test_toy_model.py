@@ -46,6 +46,45 @@ def test_tokenizer_round_trips_text():
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
+def test_the_phrase_tokenizer_makes_each_phrase_one_token_and_keeps_every_text():
+    """`tokenizer: phrases`: each fixed phrase of an arith conversation is one token, digits and
+    any other text stay characters, and every text decodes back to itself."""
+    chars, phrases = build_tokenizer(), build_tokenizer("phrases")
+    for phrase in toy_model.PHRASES:
+        assert len(phrases(phrase, add_special_tokens=False)["input_ids"]) == 1
+    text = "What is 12 + 7?\n12 + 7 = 19\nWait: 3 - -2 = 5\nAnswer: \\boxed{19} Here's {x}!"
+    ids = phrases(text, add_special_tokens=False)["input_ids"]
+    assert phrases.convert_ids_to_tokens(ids)[:7] == ["What is ", "1", "2", " + ", "7", "?", "\n"]
+    assert phrases.decode(ids) == text
+    task = ArithTask()
+    for problem in task.problems("train", 20):
+        conversation = [
+            *task.prompt.first_messages(problem),
+            {"role": "assistant", "content": task.solution(problem)},
+            task.prompt.retry_message(problem),
+            {"role": "assistant", "content": task.solution(problem)},
+        ]
+        by_chars = chars.apply_chat_template(conversation)["input_ids"]
+        by_phrases = phrases.apply_chat_template(conversation)["input_ids"]
+        assert phrases.decode(by_phrases) == chars.decode(by_chars)  # the same text
+        assert len(by_phrases) < 0.45 * len(by_chars)  # 217 -> 76 tokens on average
+
+
+def test_a_toy_with_phrase_tokens_saves_and_loads_them(tmp_path):
+    from conftest import TINY
+
+    build(ToyModelConfig(out=str(tmp_path), tokenizer="phrases", **TINY))
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "What is 2 + 3?"
+    assert loaded.convert_ids_to_tokens(loaded(text)["input_ids"]) == [
+        "What is ", "2", " + ", "3", "?"
+    ]  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.vocab_size == len(loaded) == len(build_tokenizer()) + len(toy_model.PHRASES)
+    record = json.loads((tmp_path / toy_model.BUILD_RECORD).read_text())
+    assert record["config"]["tokenizer"] == "phrases"
+
+
 def test_sft_conversations_never_retry_the_same_problem():
     task = ArithTask()
     pool = task.problems("train", 200)
