@@ -149,6 +149,35 @@ def test_a_finished_run_can_grow_by_iterations_but_not_change(tmp_path, tiny_mod
         run(build(RunConfig, changed, "test"))
 
 
+def test_a_run_resumes_with_more_servers_but_not_with_another_server_command(tmp_path):
+    """The servers' count, devices, start-up time and client options change how fast a run
+    samples, not what: a rerun may change them; the command (what serves) it may not."""
+    from rise_llm.errors import RiseError
+    from rise_llm.pipeline import _check_settings, load_run_config, run_settings
+    from rise_llm.provenance import write_run_record
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "arith-toy-quick.yaml"
+    serve = "rise serve {model} --port {port}"
+
+    def run_config(*overrides: str):
+        return load_run_config(
+            recipe, [f"out={tmp_path / 'run'}", f"server.command={serve}", *overrides]
+        )
+
+    first = run_config("server.replicas=2")
+    write_run_record(first.root, run_settings(first))
+    _check_settings(run_config("server.replicas=4", "server.devices_per_replica=2"))
+    _check_settings(
+        run_config("server.engine_options.max_concurrency=8", "server.startup_timeout=60")
+    )
+    with pytest.raises(RiseError, match=r"different settings \(server\)"):
+        _check_settings(
+            run_config("server.replicas=2", "server.command=vllm serve {model} --port {port}")
+        )
+    with pytest.raises(RiseError, match=r"different settings \(server\)"):
+        _check_settings(run_config("server.replicas=2", "server.split_collection=true"))
+
+
 def test_only_runs_of_one_base_with_one_evaluation_share_it(tmp_path):
     from rise_llm.demo import DemoConfig
     from rise_llm.errors import RiseError

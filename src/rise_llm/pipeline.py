@@ -343,9 +343,20 @@ def run_settings(config: RunConfig) -> dict[str, Any]:
     return settings
 
 
+SERVER_FREE = ("replicas", "devices_per_replica", "replica_devices", "startup_timeout")
+"""Server settings a resumed run may change: how many servers sample and on which devices, not
+what they sample (every request's seed is its problem's and turn's, whichever replica answers);
+with `split_collection`, a shard collected with another count refuses to resume on its own."""
+
+
 def _check_settings(config: RunConfig) -> None:
-    """Refuse a run folder that holds a run with other settings (the address may change)."""
-    free = (*RESUME_FREE, *(f"train.launch.{name}" for name in launch.ADDRESS))
+    """Refuse a run folder that holds a run with other settings (the address of a launch, the
+    servers' count, devices and client options may change)."""
+    free = (
+        *RESUME_FREE,
+        *(f"train.launch.{name}" for name in launch.ADDRESS),
+        *(f"server.{name}" for name in (*SERVER_FREE, "engine_options")),
+    )
     check_settings(config.root, run_settings(config), "a run", may_grow=("iterations",), free=free)
 
 
