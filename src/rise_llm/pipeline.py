@@ -451,7 +451,8 @@ def _collect(config: RunConfig, k: int, served: Engine | None) -> None:
         )
         for shard in (s for s in left if s.shard in failed):
             # its replica died, most likely: it resumes through all of them (the dead one is
-            # found down at its first request), the samples those of its own replica
+            # found down at its first request), with the same samples (each request's seed is
+            # its problem's and turn's, whichever replica answers)
             console.print(
                 f"collect: shard {shard.shard} failed ({_one_line(failed[shard.shard])}); "
                 "resuming it through the replicas that are up",
@@ -469,8 +470,8 @@ def _collect(config: RunConfig, k: int, served: Engine | None) -> None:
 
 def _at_once(jobs: dict[str, Callable[[], object]]) -> dict[str, RiseError]:
     """Run the jobs (by shard) in threads at once, without progress bars; once all have ended,
-    return the RiseError of each that failed by one (a lost server, say), by shard, or raise the
-    first other failure. The threads are daemons: on Ctrl-C or SIGTERM the main thread leaves
+    return, by shard, the RiseError of each job that raised one (a lost server, say), or raise
+    the first other failure. The threads are daemons: on Ctrl-C or SIGTERM the main thread leaves
     at once and stops the servers, and the shards resume on a rerun."""
     failed: dict[str, BaseException] = {}
 
