@@ -119,6 +119,36 @@ def test_machine_1_refuses_a_run_folder_of_another_config(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # it wrote nothing
 
 
+def test_machine_1_says_it_is_still_waiting_for_machine_0(tmp_path, monkeypatch, capsys):
+    """Machine h > 0 waits for machine 0's data without a limit (a collection may take hours),
+    but says so again every STILL_WAITING seconds, so a machine 0 that died shows."""
+    from rise_llm import pipeline
+
+    section = "{num_processes: 2, num_machines: 2, main_process_ip: 127.0.0.1}"
+    overrides = ["base_model=m", f"out={tmp_path}", f"train.launch={section}"]
+    write_run_record(tmp_path, run_settings(load_run_config(QUICK_RUN, overrides)))
+    machine_1 = load_run_config(QUICK_RUN, [*overrides, "train.launch.machine_rank=1"])
+    looks = []  # each sleep moves the clock on by 100 s
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        if len(looks) == 25:
+            raise KeyboardInterrupt  # the user gives up
+
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: 100.0 * len(looks))
+    monkeypatch.setattr(pipeline.time, "sleep", sleep)
+    monkeypatch.setattr(pipeline, "STILL_WAITING", 600.0)
+    with pytest.raises(KeyboardInterrupt):
+        run(machine_1)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("machine 1 of 2: waiting for machine 0 to build") == 1
+    # at 0 s it says it waits; then at 600, 1200, 1800 and 2400 s (25 sleeps)
+    still = [m.split("(")[1].split()[0] for m in err.split("still waiting")[1:]]
+    assert still == ["10", "20", "30", "40"]
+    assert "is machine 0's rise run still going?" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # it wrote nothing
+
+
 @pytest.fixture(scope="module")
 def in_process(tiny_model_dir, tmp_path_factory) -> Path:
     """The run with iteration 1 trained in its own process, batches of 4."""

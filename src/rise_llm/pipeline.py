@@ -398,6 +398,9 @@ def run(config: RunConfig) -> RunResult:
 
 POLL = 2.0
 """Seconds between two looks of machine h > 0 for the data machine 0 builds."""
+STILL_WAITING = 600.0
+"""Seconds between two "still waiting" lines of machine h > 0 (machine 0's collection may take
+hours, so it waits without a limit, but says so: a machine 0 that died shows as no progress)."""
 
 
 def join(config: RunConfig, launched: launch.LaunchConfig) -> None:
@@ -414,13 +417,21 @@ def join(config: RunConfig, launched: launch.LaunchConfig) -> None:
     for k in range(1, config.iterations + 1):
         console.rule(f"[bold]iteration {k}: train ({where})")
         wanted = config.data_config(k)
-        waiting = False
+        since, said = time.monotonic(), None
         while not data.built(wanted):
             _check_settings(config)  # a machine given another config fails before it waits
-            if not waiting:
+            waited = time.monotonic() - since
+            if said is None:
                 message = f"{where}: waiting for machine 0 to build {wanted.out}"
                 console.print(message, soft_wrap=True)
-                waiting = True
+                said = waited
+            elif waited - said >= STILL_WAITING:
+                console.print(
+                    f"{where}: still waiting for machine 0 to build {wanted.out} "
+                    f"({waited / 60:.0f} min; is machine 0's rise run still going?)",
+                    soft_wrap=True,
+                )
+                said = waited
             time.sleep(POLL)
         _check_settings(config)
         launch.run(config.train_config(k), launched)
