@@ -48,15 +48,23 @@ from rise_llm.progress import console, progress_bar
 from rise_llm.provenance import check_out, check_settings, machine, versions
 from rise_llm.records import Message, Problem, write_atomic
 from rise_llm.tasks import get_task
-from rise_llm.tasks.arith import RETRACTION, ArithTask, apply, format_solution, steps_of
+from rise_llm.tasks.arith import (
+    ANSWER_OPENING,
+    QUESTION_OPENING,
+    RETRACTION,
+    ArithTask,
+    apply,
+    format_solution,
+    steps_of,
+)
 from rise_llm.tasks.base import REFERENCE_RETRY
 
 SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHARACTERS = [chr(c) for c in range(32, 127)] + ["\n"]
 PHRASES = (
     REFERENCE_RETRY.split("{question}")[0],
-    "What is ",
-    "Answer: \\boxed{",
+    QUESTION_OPENING,
+    ANSWER_OPENING,
     RETRACTION,
     " + ",
     " - ",

@@ -77,6 +77,10 @@ def solution_lines(start: int, steps: list[tuple[str, int]]) -> list[str]:
 
 LINE = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 """One step of a solution: `a op b = c`."""
+QUESTION_OPENING = "What is "
+"""How every question starts: `What is 7 + 4 - 9?`."""
+ANSWER_OPENING = "Answer: \\boxed{"
+"""How every solution's last line starts: `Answer: \\boxed{8}`."""
 RETRACTION = "Wait: "
 """Starts a line that takes back the line before it and redoes that step (`Wait: 6 + 4 = 10`):
 the in-response correction of a toy built with `retraction_fraction` (Physics of Language
@@ -161,7 +165,7 @@ def steps_of(problem: Problem) -> list[tuple[str, int]]:
 
 
 def format_solution(lines: list[str], answer: int | str) -> str:
-    return "\n".join([*lines, f"Answer: \\boxed{{{answer}}}"])
+    return "\n".join([*lines, f"{ANSWER_OPENING}{answer}}}"])
 
 
 @dataclass
@@ -224,7 +228,7 @@ class ArithTask:
         )
         digits = len(str(largest)) + 1  # a sign
         line = 2 * digits + len(str(max(self.max_operand, self.max_multiplier))) + 7
-        return int(1.5 * (self.max_steps * line + digits + len("Answer: \\boxed{}") + 1))
+        return int(1.5 * (self.max_steps * line + digits + len(ANSWER_OPENING) + 1 + 1))
 
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem (of either split)."""
@@ -243,7 +247,7 @@ class ArithTask:
                 operand = rng.randint(1, self.max_operand)
             steps.append((op, operand))
             value = apply(value, op, operand)
-        question = f"What is {render_expression(start, steps)}?"
+        question = f"{QUESTION_OPENING}{render_expression(start, steps)}?"
         digest = hashlib.sha256(question.encode()).hexdigest()[:12]
         return Problem(
             id=f"arith-{digest}",
