@@ -58,7 +58,13 @@ from rise_llm import collect, data, evaluate, launch, merge, report_html, train
 from rise_llm.claims import rise_claims
 from rise_llm.config import build
 from rise_llm.engines.base import BATCH_SIZE, RESUME_FREE, Engine
-from rise_llm.engines.served import ServedModel, ServedReplicas, ServerConfig, devices_of_replicas
+from rise_llm.engines.served import (
+    SERVER_RESUME_FREE,
+    ServedModel,
+    ServedReplicas,
+    ServerConfig,
+    devices_of_replicas,
+)
 from rise_llm.errors import RiseError, check_at_least, check_device
 from rise_llm.metrics import Metrics
 from rise_llm.progress import console, without_bars
@@ -343,19 +349,13 @@ def run_settings(config: RunConfig) -> dict[str, Any]:
     return settings
 
 
-SERVER_FREE = ("replicas", "devices_per_replica", "replica_devices", "startup_timeout")
-"""Server settings a resumed run may change: how many servers sample and on which devices, not
-what they sample (every request's seed is its problem's and turn's, whichever replica answers);
-with `split_collection`, a shard collected with another count refuses to resume on its own."""
-
-
 def _check_settings(config: RunConfig) -> None:
     """Refuse a run folder that holds a run with other settings (the address of a launch, the
     servers' count, devices and client options may change)."""
     free = (
         *RESUME_FREE,
         *(f"train.launch.{name}" for name in launch.ADDRESS),
-        *(f"server.{name}" for name in (*SERVER_FREE, "engine_options")),
+        *(f"server.{name}" for name in SERVER_RESUME_FREE),
     )
     check_settings(config.root, run_settings(config), "a run", may_grow=("iterations",), free=free)
 

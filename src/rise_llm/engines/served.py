@@ -53,6 +53,19 @@ STAGES = ("collect", "evaluate")
 _FIELDS = {"model", "port"}
 
 
+SERVER_RESUME_FREE = (
+    "replicas",
+    "devices_per_replica",
+    "replica_devices",
+    "startup_timeout",
+    "engine_options",
+)
+"""`ServerConfig` fields a resumed run may change: how many servers sample, on which devices,
+and how the client talks to them, not what they sample (every request's seed is its problem's
+and turn's, whichever replica answers); with `split_collection`, a shard collected with another
+count refuses to resume on its own."""
+
+
 @dataclass
 class ServerConfig:
     """The `server:` section of a run config: serve each checkpoint and sample through it.
